@@ -1,0 +1,173 @@
+"""AdapterLayer: wraps one frozen nn.Linear or nn.Conv2d and holds the state every variant shares."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamlr.adapters.config import AdapterConfig, AdapterConfigError
+
+
+class AdapterLayer(nn.Module):
+    """Base of every variant: geometry of the wrapped layer, step buffer, merge / unmerge.
+
+    A Conv2d kernel (out, in, kh, kw) is seen as the matrix (out, in*kh*kw) wherever a dense
+    weight is needed; its low-rank "down" factor is a conv with the base's kernel size, stride,
+    padding and dilation, and its "up" factor a 1x1 conv.
+    Subclasses define `tensor_names`, `param_count`, `_create_parameters`, `_adapted_forward`
+    and `merged_weight`.
+    """
+
+    tensor_names: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, name: str = "") -> None:
+        super().__init__()
+        if not isinstance(base_layer, (nn.Linear, nn.Conv2d)):
+            raise AdapterConfigError(
+                f"module {name!r} is a {type(base_layer).__name__}; adapters wrap nn.Linear and nn.Conv2d"
+            )
+        if isinstance(base_layer, nn.Conv2d) and base_layer.groups != 1:
+            raise AdapterConfigError(
+                f"module {name!r} is a grouped Conv2d (groups={base_layer.groups}); adapters support groups=1 only"
+            )
+        self.base_layer = base_layer
+        self.config = config
+        self.is_conv = isinstance(base_layer, nn.Conv2d)
+        weight = base_layer.weight
+        self.out_features = weight.shape[0]
+        self.in_features = math.prod(weight.shape[1:])
+        self.scale = config.scale
+        self.dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.register_buffer("step", torch.zeros((), dtype=torch.long, device=weight.device), persistent=False)
+        self._w0: torch.Tensor | None = None  # the original weight while merged
+        for param in base_layer.parameters():
+            param.requires_grad_(False)
+        self._check_rank(name)
+        factory = {"device": weight.device, "dtype": torch.float32}
+        with torch.no_grad():
+            self._create_parameters(factory)
+
+    # -- what a variant defines ------------------------------------------------------------
+    def _create_parameters(self, factory: dict) -> None:
+        raise NotImplementedError
+
+    def _adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def merged_weight(self) -> torch.Tensor:
+        """W' as an fp32 matrix (out, in*kh*kw)."""
+        raise NotImplementedError
+
+    @classmethod
+    def param_count(cls, config: AdapterConfig, out_features: int, in_features: int) -> int:
+        """Trainable parameters of one wrapped layer (DESIGN §2)."""
+        raise NotImplementedError
+
+    def max_rank(self) -> int:
+        """Largest rank this layer allows."""
+        return min(self.out_features, self.in_features)
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Per-tensor learning-rate multipliers (LoRA+); tensors not named use 1."""
+        return {}
+
+    # -- shared machinery ------------------------------------------------------------------
+    def _check_rank(self, name: str) -> None:
+        ranks = self.config.sub_ranks if self.config.variant == "dual_lora" else (self.config.rank,)
+        if max(ranks) > self.max_rank():
+            raise AdapterConfigError(
+                f"rank {max(ranks)} is larger than module {name!r} allows "
+                f"(weight {self.out_features}x{self.in_features}: at most {self.max_rank()})"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base_layer(x)
+        return self._adapted_forward(x)
+
+    @property
+    def merged(self) -> bool:
+        return self._w0 is not None
+
+    @property
+    def w0(self) -> torch.Tensor:
+        """The frozen base weight as a matrix (out, in*kh*kw), whether merged or not."""
+        weight = self._w0 if self._w0 is not None else self.base_layer.weight
+        return weight.reshape(self.out_features, self.in_features)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def ramp(self, length: int | None) -> torch.Tensor:
+        """u(t) = min(t / length, 1) as a 0-dim fp32 tensor (no host sync)."""
+        steps = self.config.schedule_steps(length)
+        return (self.step.float() / steps).clamp(max=1.0)
+
+    def merge(self) -> None:
+        """Write W' into the base layer (computed in fp32, cast once); keep W0 for unmerge."""
+        if self.merged:
+            return
+        weight = self.base_layer.weight
+        with torch.no_grad():
+            merged = self.merged_weight().reshape(weight.shape).to(weight.dtype)
+        self._w0 = weight.data
+        weight.data = merged
+
+    def unmerge(self) -> None:
+        """Put W0 back exactly."""
+        if not self.merged:
+            return
+        self.base_layer.weight.data = self._w0
+        self._w0 = None
+
+    # -- applying factors with the base layer's geometry -------------------------------------
+    def apply_dense(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x through a dense matrix (rows, in*kh*kw) with the base layer's geometry."""
+        if not self.is_conv:
+            return F.linear(x, weight, bias)
+        conv = self.base_layer
+        kernel = weight.reshape(weight.shape[0], *conv.weight.shape[1:])
+        if conv.padding_mode != "zeros":
+            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+            return F.conv2d(x, kernel, bias, conv.stride, 0, conv.dilation)
+        return F.conv2d(x, kernel, bias, conv.stride, conv.padding, conv.dilation)
+
+    def apply_up(self, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """h (rank features) through an (out, rank) matrix: a linear map or a 1x1 conv."""
+        if not self.is_conv:
+            return F.linear(h, up)
+        return F.conv2d(h, up[:, :, None, None])
+
+    def add_up(self, out: torch.Tensor, h: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
+        """out + scale * up(h), fused into one in-place addmm for Linear layers."""
+        if not self.is_conv and h.dtype == out.dtype and out.is_contiguous():
+            flat = out.view(-1, out.shape[-1])
+            flat.addmm_(h.reshape(-1, h.shape[-1]), up.to(out.dtype).t(), alpha=scale)
+            return out
+        return out.add_(self.apply_up(h, up).to(out.dtype), alpha=scale)
+
+    def adapter_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout (adapter path only) and cast to the adapter's dtype."""
+        return self.dropout(x).to(torch.float32)
+
+    def channel_view(self, v: torch.Tensor) -> torch.Tensor:
+        """A per-output-feature vector shaped to broadcast over this layer's output."""
+        return v[:, None, None] if self.is_conv else v
+
+    def extra_repr(self) -> str:
+        return f"variant={self.config.variant}, rank={self.config.rank}, merged={self.merged}"
+
+
+def row_norm_sq(w0_sq: torch.Tensor, w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """‖W0 + up·down‖² per row from ‖W0‖², W0·downᵀ and down·downᵀ, never forming up·down.
+
+    ‖W0 + BA‖²_i = ‖W0‖²_i + 2 Σ_k B_ik (W0 Aᵀ)_ik + (B (A Aᵀ) Bᵀ)_ii.
+    """
+    w0 = w0.to(torch.float32)
+    cross = (up * (w0 @ down.t())).sum(dim=1)
+    quad = ((up @ (down @ down.t())) * up).sum(dim=1)
+    return (w0_sq + 2.0 * cross + quad).clamp_min(0.0)

@@ -1,0 +1,63 @@
+"""Dual LoRA (Xu et al. 2025): W0 + u(t)·α/√(r1·r2)·ReLU(B·A) ⊙ Sign(D·C)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dreamlr.adapters.base import AdapterLayer
+from dreamlr.adapters.config import AdapterConfig
+
+
+def sign_ste(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sign(x) = +1 where x > 0, else −1, with a straight-through gradient.
+
+    `clip`: the gradient of clamp(x, −1, 1), i.e. passed where |x| ≤ 1 and zero elsewhere
+    (the clipped STE of binarized networks); `identity`: passed unchanged.
+    """
+    sign = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+    surrogate = x.clamp(-1.0, 1.0) if mode == "clip" else x
+    return surrogate + (sign - surrogate).detach()
+
+
+class DualLoRALayer(AdapterLayer):
+    """`dual_lora`: magnitude group mag_B (out, r1)·mag_A (r1, in), direction group dir_B (out, r2)·dir_A (r2, in).
+
+    All four are Gaussian: the A factors with std 1/√in, the B factors with std `init_std`.
+    u(t) = min(t / warmup_steps, 1), so ΔW = 0 at step 0. The only variant with a dense ΔW.
+    """
+
+    tensor_names = ("mag_B", "mag_A", "dir_B", "dir_A")
+
+    def _create_parameters(self, factory: dict) -> None:
+        r1, r2 = self.config.sub_ranks
+        std_a, std_b = 1.0 / math.sqrt(self.in_features), self.config.init_std
+        self.mag_B = nn.Parameter(torch.randn(self.out_features, r1, **factory) * std_b)
+        self.mag_A = nn.Parameter(torch.randn(r1, self.in_features, **factory) * std_a)
+        self.dir_B = nn.Parameter(torch.randn(self.out_features, r2, **factory) * std_b)
+        self.dir_A = nn.Parameter(torch.randn(r2, self.in_features, **factory) * std_a)
+
+    @classmethod
+    def param_count(cls, config: AdapterConfig, out_features: int, in_features: int) -> int:
+        return sum(config.sub_ranks) * (in_features + out_features)
+
+    def warmup_factor(self) -> torch.Tensor:
+        """u(t) at the current step."""
+        return self.ramp(self.config.warmup_steps)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW (out, in*kh*kw) in fp32, differentiable."""
+        r1, r2 = self.config.sub_ranks
+        magnitude = torch.relu(self.mag_B @ self.mag_A)
+        direction = sign_ste(self.dir_B @ self.dir_A, self.config.ste)
+        return (self.warmup_factor() * (self.config.alpha / math.sqrt(r1 * r2))) * magnitude * direction
+
+    def _adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        delta = self.apply_dense(self.adapter_input(x), self.delta_weight())
+        return out.add_(delta.to(out.dtype))
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.w0.float() + self.delta_weight()
