@@ -43,9 +43,9 @@ class AdapterLayer(nn.Module):
         self.dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.register_buffer("step", torch.zeros((), dtype=torch.long, device=weight.device), persistent=False)
         self._w0: torch.Tensor | None = None  # the original weight while merged
+        self._check_rank(name)
         for param in base_layer.parameters():
             param.requires_grad_(False)
-        self._check_rank(name)
         factory = {"device": weight.device, "dtype": torch.float32}
         with torch.no_grad():
             self._create_parameters(factory)

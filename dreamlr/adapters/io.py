@@ -113,18 +113,22 @@ def _copy_tensors(path: str | os.PathLike, model: nn.Module, groups: list[tuple[
     layers = dict(adapter_layers(model))
     _check_layers(path, layers, groups)
     with safe_open(path, framework="pt") as handle, torch.no_grad():
-        for key in handle.keys():
-            module_name, _, tensor_name = key.rpartition(".")
-            param = getattr(layers.get(module_name), tensor_name, None)
-            if param is None:
-                raise AdapterFileError(f"adapter '{path}': tensor {key!r} has no place in this model")
-            tensor = handle.get_tensor(key)
-            if tuple(tensor.shape) != tuple(param.shape):
-                raise AdapterFileError(
-                    f"adapter '{path}': {key} has shape {tuple(tensor.shape)} in the file "
-                    f"but {tuple(param.shape)} in the model"
-                )
-            param.copy_(tensor)
+        in_file = set(handle.keys())
+        for module_name, layer in layers.items():
+            for tensor_name in layer.tensor_names:
+                key = f"{module_name}.{tensor_name}"
+                if key not in in_file:
+                    raise AdapterFileError(f"adapter '{path}': tensor {key!r} is missing from the file")
+                param, tensor = getattr(layer, tensor_name), handle.get_tensor(key)
+                if tuple(tensor.shape) != tuple(param.shape):
+                    raise AdapterFileError(
+                        f"adapter '{path}': {key} has shape {tuple(tensor.shape)} in the file "
+                        f"but {tuple(param.shape)} in the model"
+                    )
+                param.copy_(tensor)
+                in_file.discard(key)
+        if in_file:
+            raise AdapterFileError(f"adapter '{path}': tensor {sorted(in_file)[0]!r} has no place in this model")
 
 
 def _check_layers(path: str | os.PathLike, layers: dict[str, nn.Module],
