@@ -349,3 +349,16 @@ def test_loraplus_parameter_groups():
     groups = {g["lr"]: g["params"] for g in parameter_groups(model, lr=1e-4)}
     assert set(groups) == {1e-4, 8e-4}
     assert groups[8e-4] == [model[0].lora_B] and groups[1e-4] == [model[0].lora_A]
+
+
+def test_dual_lora_fused_matmul_equals_two_paths():
+    model, x = make_model("linear_in_gt_out"), make_input("linear_in_gt_out")
+    attach(model, config("dual_lora"))
+    train_like(model)
+    layer = model[0]
+    assert layer._can_fuse(x)
+    with torch.no_grad():
+        two_paths = layer.base_layer(x) + layer.apply_dense(x, layer.delta_weight())
+        torch.testing.assert_close(model(x), two_paths, rtol=1e-5, atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not layer._can_fuse(x)

@@ -54,12 +54,12 @@ class D2LoRALayer(AdapterLayer):
         h = self.apply_dense(self.adapter_input(x), down)
         if self.config.projection == "none":
             return self.add_up(self.base_layer(x), h, up, 1.0)
-        delta = self.apply_up(h, up).to(x.dtype)
-        ratio = self.channel_view(self.projection_ratio(up, down)).to(x.dtype)
-        projected = (self.apply_dense(x, self.w0) + delta) * ratio
-        if self.config.residual_after_projection:
-            projected = projected + delta
-        return projected if self.bias is None else projected + self.channel_view(self.bias)
+        # c ⊙ (W0x + ΔWx) [+ ΔWx] + b  =  c ⊙ W0x + k ⊙ ΔWx + b, with k = c (+ 1); c is a constant
+        ratio = self.projection_ratio(up, down)
+        k = ratio + 1.0 if self.config.residual_after_projection else ratio
+        out = self.apply_dense(x, self.w0).mul_(self.channel_view(ratio).to(x.dtype))
+        out = self.add_up(out, h, up * k[:, None], 1.0)
+        return out if self.bias is None else out.add_(self.channel_view(self.bias))
 
     def merged_weight(self) -> torch.Tensor:
         up, down = self.factors()

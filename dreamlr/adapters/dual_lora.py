@@ -55,9 +55,17 @@ class DualLoRALayer(AdapterLayer):
         return (self.warmup_factor() * (self.config.alpha / math.sqrt(r1 * r2))) * magnitude * direction
 
     def _adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = self.delta_weight()
+        if self._can_fuse(x):  # one matmul with W0 + ΔW instead of two
+            return self.apply_dense(x, self.w0 + delta, self.bias)
         out = self.base_layer(x)
-        delta = self.apply_dense(self.adapter_input(x), self.delta_weight())
-        return out.add_(delta.to(out.dtype))
+        return out.add_(self.apply_dense(self.adapter_input(x), delta).to(out.dtype))
+
+    def _can_fuse(self, x: torch.Tensor) -> bool:
+        """W0 + ΔW is exact enough only in fp32, and needs the same input on both paths (no dropout)."""
+        no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
+        full_precision = x.dtype == self.w0.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+        return no_dropout and full_precision
 
     def merged_weight(self) -> torch.Tensor:
         return self.w0.float() + self.delta_weight()

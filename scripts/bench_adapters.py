@@ -1,0 +1,202 @@
+"""Forward+backward time and peak memory of every adapter variant on SD 1.5-shaped attention blocks.
+
+Each shape is a self-attention block (to_q, to_k, to_v, to_out.0 and SDPA) at an SD 1.5 UNet
+resolution; the adapters wrap the four projections (`attn` preset). Times are medians over
+`--iters` steps, printed as ratios to the frozen base block and to PEFT's LoRA and DoRA run in the
+same process on the same weights. Peak memory is the extra memory one step needs over its inputs
+and weights: CUDA's allocator peak on a GPU, the resident-set high-water mark of a fresh
+subprocess on the CPU.
+
+    python scripts/bench_adapters.py                       # CPU, fp32
+    python scripts/bench_adapters.py --device cuda --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamlr.adapters import VARIANTS, AdapterConfig, attach
+
+SHAPES = {"320x4096": (320, 4096), "640x1024": (640, 1024), "1280x256": (1280, 256)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+BASELINES = ("base", "peft-lora", "peft-dora")
+
+
+class AttentionBlock(nn.Module):
+    """An SD 1.5 self-attention: projections named as diffusers names them, 8 heads, SDPA."""
+
+    def __init__(self, width: int, heads: int = 8) -> None:
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(width, width, bias=False)
+        self.to_k = nn.Linear(width, width, bias=False)
+        self.to_v = nn.Linear(width, width, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(width, width), nn.Dropout(0.0)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        split = lambda t: t.view(batch, tokens, self.heads, -1).transpose(1, 2)  # noqa: E731
+        attended = F.scaled_dot_product_attention(split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x)))
+        return self.to_out[0](attended.transpose(1, 2).reshape(batch, tokens, width))
+
+
+def build(method: str, width: int, rank: int, device: str, dtype: torch.dtype) -> nn.Module:
+    """The frozen block with `method` attached: `base`, `peft-lora`, `peft-dora` or a dreamlr variant."""
+    torch.manual_seed(0)
+    block = AttentionBlock(width).to(device, dtype).requires_grad_(False)
+    if method.startswith("peft-"):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, use_dora=method == "peft-dora")
+        return get_peft_model(block, config)
+    if method != "base":
+        attach(block, AdapterConfig(variant=method, rank=rank, alpha=rank, targets=TARGETS, ramp_steps=1,
+                                    warmup_steps=1))
+        for module in block.modules():
+            if hasattr(module, "step"):
+                module.step.fill_(1)  # past the ramps, as in training
+    return block
+
+
+def make_input(width: int, tokens: int, batch: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    # the block sits inside a network: the gradient flows on to its input
+    return torch.randn(batch, tokens, width, generator=generator).to(device, dtype).requires_grad_()
+
+
+def step(block: nn.Module, x: torch.Tensor) -> None:
+    block(x).float().square().mean().backward()
+    x.grad = None
+    for param in block.parameters():
+        param.grad = None
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(blocks: dict[str, nn.Module], x: torch.Tensor, iters: int, warmup: int, device: str) -> dict[str, float]:
+    """Median seconds of one forward+backward per method, the methods interleaved round by round
+    so that a busy machine slows them all alike."""
+    for _ in range(warmup):
+        for block in blocks.values():
+            step(block, x)
+    times: dict[str, list[float]] = {method: [] for method in blocks}
+    for _ in range(iters):
+        for method, block in blocks.items():
+            sync(device)
+            start = time.perf_counter()
+            step(block, x)
+            sync(device)
+            times[method].append(time.perf_counter() - start)
+    return {method: statistics.median(values) for method, values in times.items()}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(method: str, shape: str, args: argparse.Namespace) -> float:
+    """Extra bytes one step needs over inputs and weights (on the CPU: median of 3 fresh processes)."""
+    width, tokens = SHAPES[shape]
+    dtype = DTYPES[args.dtype]
+    if args.device == "cuda":
+        block = build(method, width, args.rank, "cuda", dtype)
+        x = make_input(width, tokens, args.batch, "cuda", dtype)
+        step(block, x)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(block, x)
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - before)
+    command = [sys.executable, __file__, "--memory-probe", method, shape, "--rank", str(args.rank),
+               "--batch", str(args.batch), "--dtype", args.dtype]
+    probes = [subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1] for _ in range(3)]
+    return statistics.median(float(p) for p in probes)
+
+
+def memory_probe(method: str, shape: str, args: argparse.Namespace) -> None:
+    """In a fresh process: print the RSS high-water mark of one step over the RSS before it."""
+    width, tokens = SHAPES[shape]
+    block = build(method, width, args.rank, "cpu", DTYPES[args.dtype])
+    x = make_input(width, tokens, args.batch, "cpu", DTYPES[args.dtype])
+    gc.collect()
+    before = rss_bytes()
+    step(block, x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(max(peak - before, 0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("METHOD", "SHAPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(*args.memory_probe, args)
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+
+    methods = list(BASELINES) + [v for v in args.variants.split(",") if v]
+    dtype = DTYPES[args.dtype]
+    rows = []
+    for shape in args.shapes.split(","):
+        width, tokens = SHAPES[shape]
+        x = make_input(width, tokens, args.batch, args.device, dtype)
+        blocks = {method: build(method, width, args.rank, args.device, dtype) for method in methods}
+        seconds = time_steps(blocks, x, args.iters, args.warmup, args.device)
+        del blocks
+        memory = {}
+        for method in methods:
+            memory[method] = float("nan") if args.no_memory else peak_memory(method, shape, args)
+            print(f"  {shape} {method:10s} {seconds[method] * 1e3:9.1f} ms  {memory[method] / 2**20:8.1f} MiB",
+                  file=sys.stderr, flush=True)
+        for method in methods:
+            rows.append({
+                "shape": shape, "method": method, "ms": seconds[method] * 1e3, "peak_mib": memory[method] / 2**20,
+                "x_base": seconds[method] / seconds["base"],
+                "x_peft_lora": seconds[method] / seconds["peft-lora"],
+                "x_peft_dora": seconds[method] / seconds["peft-dora"],
+                "mem_x_peft_dora": memory[method] / memory["peft-dora"] if memory["peft-dora"] else float("nan"),
+            })
+    print(f"\nattention blocks, batch {args.batch}, rank {args.rank}, {args.device} {args.dtype}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.iters} steps\n")
+    print("| shape (width x tokens) | method | fwd+bwd ms | x base | x PEFT LoRA | x PEFT DoRA | peak MiB | mem x PEFT DoRA |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['shape']} | {row['method']} | {row['ms']:.1f} | {row['x_base']:.3f} | {row['x_peft_lora']:.3f} "
+              f"| {row['x_peft_dora']:.3f} | {row['peak_mib']:.1f} | {row['mem_x_peft_dora']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
