@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from dreamlr import __version__
 from dreamlr.adapters.attach import adapter_configs, adapter_layers, attach_to, detach, get_step, set_step
 from dreamlr.adapters.config import AdapterConfig, AdapterConfigError
 from dreamlr.errors import UserError
+from dreamlr.fileio import atomic_path
 
 FORMAT = "dreamlr-adapter"
 FORMAT_VERSION = "1"
@@ -48,17 +48,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
         "step": str(get_step(model)),
         "metadata": json.dumps(metadata or {}, default=str),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def read_adapter_header(path: str | os.PathLike) -> dict[str, Any]:
