@@ -1,0 +1,192 @@
+"""The DreamBooth run configuration: YAML file + flags + `--set key=value`, validated before any work.
+
+Keys are named as in diffusers' DreamBooth scripts where one exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreamlr.adapters import AdapterConfig
+from dreamlr.errors import UserError
+from dreamlr.training import LR_SCHEDULERS
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class DreamBoothConfig:
+    """Every setting of a DreamBooth run. `adapter` is an AdapterConfig dict; `text_encoder_adapter`
+    overrides it for the text encoder (used when `train_text_encoder`)."""
+
+    pretrained_model_name_or_path: str = "tiny"
+    instance_data_dir: str = ""
+    instance_prompt: str = ""
+    output_dir: str = "runs/dreambooth"
+    adapter: dict[str, Any] = field(default_factory=lambda: {"variant": "lora", "rank": 8, "targets": "attn"})
+    train_text_encoder: bool = False
+    text_encoder_adapter: dict[str, Any] = field(default_factory=lambda: {"targets": "clip-attn"})
+    text_encoder_lr: float | None = None
+    with_prior_preservation: bool = False
+    class_data_dir: str | None = None
+    class_prompt: str | None = None
+    num_class_images: int = 100
+    prior_loss_weight: float = 1.0
+    resolution: int = 512
+    center_crop: bool = True
+    random_flip: bool = False
+    train_batch_size: int = 1
+    max_train_steps: int = 400
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    seed: int = 0
+    checkpointing_steps: int = 100
+    checkpoints_total_limit: int | None = 2
+    validation_prompt: str | None = None
+    validation_steps: int = 100
+    num_validation_images: int = 2
+    validation_inference_steps: int = 25
+    resume_from_checkpoint: str | None = None
+
+    # -- building ----------------------------------------------------------------------------
+    @classmethod
+    def from_sources(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> DreamBoothConfig:
+        """Defaults < YAML file < overrides (dotted keys reach into `adapter`); then validated."""
+        data: dict[str, Any] = {}
+        if config_file:
+            data = _read_yaml(config_file)
+        for key, value in (overrides or {}).items():
+            _set_dotted(data, key, value)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown config key(s) {', '.join(unknown)}; see `dreamlr train --help` for the known keys")
+        defaults = cls()
+        for name in ("adapter", "text_encoder_adapter"):  # nested dicts merge with their defaults
+            if name in data:
+                if not isinstance(data[name], dict):
+                    raise UserError(f"config key {name!r} must be a mapping, got {data[name]!r}")
+                data[name] = {**getattr(defaults, name), **data[name]}
+        config = cls(**data)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Types and ranges of every key, and the adapter configs; raises UserError on the first problem."""
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        if not self.instance_data_dir:
+            raise UserError("instance_data_dir is not set: give --instance-dir DIR")
+        if not self.instance_prompt:
+            raise UserError("instance_prompt is not set: give --instance-prompt 'a photo of sks dog'")
+        if self.resolution < 8 or self.resolution % 8:
+            raise UserError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "num_class_images",
+                    "validation_steps", "checkpointing_steps", "validation_inference_steps"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.learning_rate <= 0 or (self.text_encoder_lr is not None and self.text_encoder_lr <= 0):
+            raise UserError("learning rates must be positive")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise UserError(f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UserError(f"unknown mixed_precision {self.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
+        if self.with_prior_preservation and not self.class_prompt:
+            raise UserError("with_prior_preservation needs class_prompt (e.g. 'a photo of dog')")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise UserError(f"snr_gamma must be positive, got {self.snr_gamma}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise UserError(f"checkpoints_total_limit must be at least 1 or null, got {self.checkpoints_total_limit}")
+        self.unet_adapter_config()
+        if self.train_text_encoder:
+            self.text_encoder_adapter_config()
+
+    def unet_adapter_config(self) -> AdapterConfig:
+        return AdapterConfig.from_dict({"total_steps": self.max_train_steps, **self.adapter})
+
+    def text_encoder_adapter_config(self) -> AdapterConfig:
+        return AdapterConfig.from_dict({"total_steps": self.max_train_steps, **self.adapter, **self.text_encoder_adapter})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs from --set, values read as YAML (numbers, booleans, null, lists)."""
+    result = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=5e-5")
+        result[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return result
+
+
+def _read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's keys; `extends: other.yaml` (relative to the file) supplies defaults, merged key by key."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file '{path}' does not exist")
+    if file.resolve() in seen:
+        raise UserError(f"config file '{path}' extends itself (through {', '.join(str(p) for p in seen)})")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file '{path}' is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of keys to values")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return _merge(_read_yaml(file.parent / parent, (*seen, file.resolve())), data)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    head, _, rest = key.partition(".")
+    if rest:
+        child = data.setdefault(head, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {head!r} is not a mapping")
+        _set_dotted(child, rest, value)
+    else:
+        data[head] = value
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict[str, Any]": dict}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """Check a value against its field's annotation (as written: 'int', 'float | None', …)."""
+    options = [part.strip() for part in str(annotation).split("|")]
+    if value is None and "None" in options:
+        return
+    for option in options:
+        expected = _TYPES.get(option)
+        if expected and isinstance(value, expected) and not (option in ("int", "float") and isinstance(value, bool)):
+            return
+    raise UserError(f"config key {name!r} must be {' or '.join(options)}, got {value!r}")

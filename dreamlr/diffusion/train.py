@@ -1,0 +1,285 @@
+"""The DreamBooth trainer: adapters on the UNet (and text encoder), cached latents, checkpoints, samples."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from torch import nn
+
+from dreamlr import __version__
+from dreamlr.adapters import AdapterConfig, attach, count_parameters, save_adapter, set_step
+from dreamlr.diffusion.config import DreamBoothConfig
+from dreamlr.diffusion.data import IMAGE_SUFFIXES, DreamBoothDataset, load_instance_images
+from dreamlr.diffusion.losses import dreambooth_loss
+from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
+from dreamlr.errors import UserError
+from dreamlr.fileio import atomic_path, write_text, write_yaml
+from dreamlr.training import (
+    ADAPTER_FILE,
+    CheckpointManager,
+    MetricsLog,
+    adapter_groups,
+    build_lr_scheduler,
+    build_optimizer,
+    check_finite,
+    peak_memory_mb,
+    progress,
+    step_generator,
+)
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class LatentCache:
+    """VAE posteriors (mean, std) of every training view, and the prompt of each view."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    prompts: list[str]
+
+    def sample(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(self.mean[indices].shape, generator=generator).to(self.mean.device)
+        return self.mean[indices] + self.std[indices] * noise
+
+
+def train(config: DreamBoothConfig) -> Path:
+    """Run DreamBooth with `config`; returns the run folder (DESIGN §3 layout)."""
+    run_dir = Path(config.output_dir)
+    load_instance_images(config.instance_data_dir)  # fail on bad data before loading any model
+    if config.class_data_dir and not config.with_prior_preservation:
+        raise UserError("class_data_dir is set but with_prior_preservation is false; enable it or drop the folder")
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    # one process may train several runs (dreamlr compare): let each choose its own precision
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    device, weight_dtype = accelerator.device, DTYPES[config.mixed_precision]
+    parts = load_components(config.pretrained_model_name_or_path)
+    class_dir = prepare_class_images(config, parts, device) if config.with_prior_preservation else None
+
+    for model in (parts.unet, parts.vae, parts.text_encoder):
+        model.requires_grad_(False).to(device)
+        if model.dtype != weight_dtype:
+            model.to(weight_dtype)
+    instance = cache_latents(config, parts, config.instance_data_dir, config.instance_prompt, device)
+    prior = cache_latents(config, parts, class_dir, config.class_prompt, device) if class_dir else None
+
+    torch.manual_seed(config.seed)  # adapter initialization
+    adapted = nn.ModuleDict({"unet": parts.unet})
+    attach(parts.unet, config.unet_adapter_config())
+    optimizer_parts = {"unet": (parts.unet, config.learning_rate)}
+    if config.train_text_encoder:
+        attach(parts.text_encoder, config.text_encoder_adapter_config())
+        adapted["text_encoder"] = parts.text_encoder
+        optimizer_parts["text_encoder"] = (parts.text_encoder, config.text_encoder_lr or config.learning_rate)
+    if config.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            parts.text_encoder.gradient_checkpointing_enable()
+
+    optimizer = build_optimizer(adapter_groups(optimizer_parts), beta1=config.adam_beta1, beta2=config.adam_beta2,
+                                weight_decay=config.adam_weight_decay, epsilon=config.adam_epsilon)
+    lr_scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
+    checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit)
+    start_step = 0
+    resume_from = checkpoints.resolve(config.resume_from_checkpoint)
+    if resume_from is not None:
+        start_step = CheckpointManager.load(resume_from, adapted, optimizer, lr_scheduler)
+    set_step(adapted, start_step)
+    unet, text_encoder, optimizer = accelerator.prepare(parts.unet, parts.text_encoder, optimizer)
+
+    write_yaml(run_dir / "config.yaml", config.to_dict())
+    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step)
+    metadata = run_metadata(config)
+    embed = PromptEncoder(parts, text_encoder, trainable=config.train_text_encoder)
+    unet.train()
+    text_encoder.train(config.train_text_encoder)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    bar = progress(config.max_train_steps, start_step, "train")
+    for step in range(start_step, config.max_train_steps):
+        started = time.perf_counter()
+        losses = []
+        for micro in range(config.gradient_accumulation_steps):
+            generator = step_generator(config.seed + accelerator.process_index, step, micro)
+            torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))  # adapter dropout
+            loss = micro_step(config, parts, unet, embed, instance, prior, generator, device, weight_dtype)
+            check_finite(loss.detach(), step + 1, checkpoints)
+            accelerator.backward(loss / config.gradient_accumulation_steps)
+            losses.append(loss.item())
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        set_step(adapted, done)
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+        if accelerator.is_main_process:
+            metrics.write(step=done, loss=sum(losses) / len(losses), lr=lr_scheduler.get_last_lr()[0],
+                          step_seconds=round(time.perf_counter() - started, 4),
+                          peak_memory_mb=round(peak_memory_mb(device), 1))
+            if done % config.checkpointing_steps == 0 and done < config.max_train_steps:
+                checkpoints.save(done, adapted, optimizer, lr_scheduler, metadata)
+            if done % config.validation_steps == 0 or done == config.max_train_steps:
+                save_samples(config, parts, run_dir / "samples" / f"step-{done}", device)
+                unet.train()
+    bar.close()
+    if accelerator.is_main_process:
+        save_adapter(adapted, run_dir / ADAPTER_FILE, metadata={**metadata, "step": config.max_train_steps})
+        write_text(run_dir / "README.md", model_card(config, count_parameters(adapted)))
+    return run_dir
+
+
+def micro_step(config: DreamBoothConfig, parts: Components, unet: nn.Module, embed: PromptEncoder,
+               instance: LatentCache, prior: LatentCache | None, generator: torch.Generator,
+               device: torch.device, weight_dtype: torch.dtype) -> torch.Tensor:
+    """The loss of one micro-batch: instance views (+ as many class views), all randomness from `generator`."""
+    batch = config.train_batch_size
+    indices = torch.randint(0, len(instance.prompts), (batch,), generator=generator)
+    latents = instance.sample(indices, generator)
+    prompts = [instance.prompts[i] for i in indices]
+    if prior is not None:
+        class_indices = torch.randint(0, len(prior.prompts), (batch,), generator=generator)
+        latents = torch.cat([latents, prior.sample(class_indices, generator)])
+        prompts += [prior.prompts[i] for i in class_indices]
+    latents = latents * parts.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator)
+    if config.noise_offset:
+        noise += config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+    noise = noise.to(device)
+    schedule = parts.noise_scheduler
+    timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
+    noisy = schedule.add_noise(latents, noise, timesteps)
+    pred = unet(noisy.to(weight_dtype), timesteps, embed(prompts)).sample
+    return dreambooth_loss(schedule, pred, latents, noise, timesteps, snr_gamma=config.snr_gamma,
+                           prior_count=batch if prior is not None else 0, prior_loss_weight=config.prior_loss_weight)
+
+
+class PromptEncoder:
+    """Text embeddings of prompts; cached once when the text encoder is frozen."""
+
+    def __init__(self, parts: Components, text_encoder: nn.Module, trainable: bool) -> None:
+        self.tokenizer, self.text_encoder, self.trainable = parts.tokenizer, text_encoder, trainable
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        if self.trainable:
+            return self._encode(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            with torch.no_grad():
+                self.cache.update(zip(missing, self._encode(missing)))
+        return torch.stack([self.cache[p] for p in prompts])
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(tokens.to(device))[0]
+
+
+@torch.no_grad()
+def cache_latents(config: DreamBoothConfig, parts: Components, folder: str | Path, prompt: str,
+                  device: torch.device) -> LatentCache:
+    """Encode every training view once: one per image, or 4 random crops/flips each when augmenting."""
+    dataset = DreamBoothDataset(folder, prompt, config.resolution, center_crop=config.center_crop,
+                                random_flip=config.random_flip, seed=config.seed)
+    views = 1 if config.center_crop and not config.random_flip else 4
+    means, stds, prompts = [], [], []
+    vae = parts.vae
+    for epoch in range(views):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            item = dataset[index]
+            pixels = item["pixel_values"][None].to(device, vae.dtype)
+            posterior = vae.encode(pixels).latent_dist
+            means.append(posterior.mean.float())
+            stds.append(posterior.std.float())
+            prompts.append(item["prompt"])
+    return LatentCache(torch.cat(means), torch.cat(stds), prompts)
+
+
+def prepare_class_images(config: DreamBoothConfig, parts: Components, device: torch.device) -> Path:
+    """The class-image folder, topped up to `num_class_images` with the base model's generations.
+
+    Without `class_data_dir` the images go to a cache keyed by model, class prompt and resolution,
+    so the next run reuses them.
+    """
+    folder = Path(config.class_data_dir) if config.class_data_dir else class_image_cache(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    missing = config.num_class_images - len(existing)
+    if missing <= 0:
+        return folder
+    pipe = pipeline_from_components(parts).to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    for index in range(len(existing), config.num_class_images):
+        image = pipe(config.class_prompt, height=config.resolution, width=config.resolution,
+                     num_inference_steps=config.validation_inference_steps, generator=generator).images[0]
+        with atomic_path(folder / f"class-{index:04d}.png") as tmp:
+            image.save(tmp, format="PNG")
+    return folder
+
+
+def class_image_cache(config: DreamBoothConfig) -> Path:
+    key = f"{config.pretrained_model_name_or_path}|{config.class_prompt}|{config.resolution}"
+    root = Path(os.environ.get("DREAMLR_CACHE", Path.home() / ".cache" / "dreamlr"))
+    return root / "class_images" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def save_samples(config: DreamBoothConfig, parts: Components, folder: Path, device: torch.device) -> None:
+    """Validation images from the current adapter, same seeds every time."""
+    if not config.num_validation_images:
+        return
+    pipe = pipeline_from_components(parts)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = config.validation_prompt or config.instance_prompt
+    generator = torch.Generator().manual_seed(config.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(config.num_validation_images):
+        image = pipe(prompt, height=config.resolution, width=config.resolution,
+                     num_inference_steps=config.validation_inference_steps, generator=generator).images[0]
+        with atomic_path(folder / f"{index}.png") as tmp:
+            image.save(tmp, format="PNG")
+
+
+def run_metadata(config: DreamBoothConfig) -> dict:
+    return {"base_model": config.pretrained_model_name_or_path, "instance_prompt": config.instance_prompt,
+            "dreamlr_version": __version__}
+
+
+def model_card(config: DreamBoothConfig, trainable: int) -> str:
+    """A short README for the run folder: what was trained and how to load it."""
+    adapter = AdapterConfig.from_dict(config.adapter)
+    parts = "UNet and text encoder" if config.train_text_encoder else "UNet"
+    return f"""# DreamBooth adapter: {config.instance_prompt}
+
+- base model: `{config.pretrained_model_name_or_path}`
+- adapter: `{adapter.variant}`, rank {adapter.rank}, alpha {adapter.alpha}, targets `{adapter.targets}` ({parts})
+- trainable parameters: {trainable:,}
+- steps: {config.max_train_steps} (batch {config.train_batch_size} × {config.gradient_accumulation_steps} accumulation), learning rate {config.learning_rate}, seed {config.seed}
+- prior preservation: {f"yes, '{config.class_prompt}', weight {config.prior_loss_weight}" if config.with_prior_preservation else "no"}
+- trained with dreamlr {__version__}
+
+## Use it
+
+```bash
+dreamlr generate --model {config.pretrained_model_name_or_path} --adapter adapter.safetensors --prompts prompts.txt --output-dir out
+```
+
+```python
+from dreamlr.diffusion import load_pipeline
+pipe = load_pipeline("{config.pretrained_model_name_or_path}", adapter="adapter.safetensors", merge=True)
+image = pipe("{config.instance_prompt}").images[0]
+```
+"""
