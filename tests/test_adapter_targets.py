@@ -149,7 +149,7 @@ def test_attaching_twice_is_an_error():
 def test_unsupported_modules():
     with pytest.raises(AdapterConfigError, match="grouped Conv2d"):
         attach(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), AdapterConfig(rank=1, targets=["0"]))
-    with pytest.raises(AdapterConfigError, match="is a ModuleList; adapters wrap nn.Linear and nn.Conv2d"):
+    with pytest.raises(AdapterConfigError, match="is a ModuleList; adapters wrap nn.Linear, nn.Conv2d"):
         attach(tiny_unet(), AdapterConfig(rank=2, targets=["to_out"]))
 
 

@@ -362,3 +362,25 @@ def test_dual_lora_fused_matmul_equals_two_paths():
         torch.testing.assert_close(model(x), two_paths, rtol=1e-5, atol=1e-6)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not layer._can_fuse(x)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_transformers_conv1d_is_a_transposed_linear(variant, tmp_path):
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(20, 12))  # GPT-2 style: 12 -> 20, weight stored (12, 20)
+    x = make_input("linear_out_gt_in")
+    reference = model(x)
+    w0 = model[0].weight.detach().clone()
+    attach(model, config(variant))
+    assert count_parameters(model) == expected_count(variant, 20, 12)
+    if variant not in ("dora", "d2lora"):
+        assert torch.equal(model(x), reference)
+    train_like(model)
+    with torch.no_grad():
+        live = model(x)
+        merge(model)
+        assert rel_err(model(x), live) <= 1e-5
+        unmerge(model)
+    assert torch.equal(model[0].base_layer.weight, w0)

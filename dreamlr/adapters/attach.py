@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 
 from torch import nn
 
-from dreamlr.adapters.base import AdapterLayer
+from dreamlr.adapters.base import AdapterLayer, is_adaptable, is_linear_like
 from dreamlr.adapters.config import PRESETS, AdapterConfig, AdapterConfigError
 from dreamlr.adapters.d2lora import D2LoRALayer
 from dreamlr.adapters.dora import DoRALayer
@@ -27,7 +27,6 @@ LAYER_CLASSES: dict[str, type[AdapterLayer]] = {
 # `all-linear` leaves output heads alone: they are trained in full or not at all.
 _HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs")
 _REGEX_CHARS = set("*+?[](){}|^$\\")
-_ADAPTABLE = (nn.Linear, nn.Conv2d)
 
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
@@ -60,11 +59,10 @@ def resolve_targets(model: nn.Module, targets: str | Iterable[str]) -> list[str]
     if targets == "all-linear":
         chosen = [
             n for n, m in candidates
-            if isinstance(m, (nn.Linear, AdapterLayer)) and not n.split(".")[-1] in _HEAD_NAMES
-            and not (isinstance(m, AdapterLayer) and m.is_conv)
+            if is_linear_like(m.base_layer if isinstance(m, AdapterLayer) else m) and n.split(".")[-1] not in _HEAD_NAMES
         ]
         if not chosen:
-            raise AdapterConfigError(f"target preset 'all-linear' matches no nn.Linear in {type(model).__name__}")
+            raise AdapterConfigError(f"target preset 'all-linear' matches no linear layer in {type(model).__name__}")
         return chosen
     is_preset = isinstance(targets, str)
     patterns = PRESETS[targets] if is_preset else tuple(targets)
@@ -86,7 +84,7 @@ def _examples(candidates: list[tuple[str, nn.Module]], limit: int = 8) -> str:
     """A few distinct short names of adaptable modules, for error messages."""
     seen: list[str] = []
     for name, module in candidates:
-        if isinstance(module, _ADAPTABLE):
+        if is_adaptable(module):
             short = ".".join(name.split(".")[-2:]) if name.split(".")[-1].isdigit() else name.split(".")[-1]
             if short not in seen:
                 seen.append(short)

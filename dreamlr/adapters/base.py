@@ -25,9 +25,10 @@ class AdapterLayer(nn.Module):
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, name: str = "") -> None:
         super().__init__()
-        if not isinstance(base_layer, (nn.Linear, nn.Conv2d)):
+        if not is_adaptable(base_layer):
             raise AdapterConfigError(
-                f"module {name!r} is a {type(base_layer).__name__}; adapters wrap nn.Linear and nn.Conv2d"
+                f"module {name!r} is a {type(base_layer).__name__}; adapters wrap nn.Linear, nn.Conv2d "
+                "and transformers' Conv1D"
             )
         if isinstance(base_layer, nn.Conv2d) and base_layer.groups != 1:
             raise AdapterConfigError(
@@ -36,9 +37,10 @@ class AdapterLayer(nn.Module):
         self.base_layer = base_layer
         self.config = config
         self.is_conv = isinstance(base_layer, nn.Conv2d)
+        self.transposed = is_transformers_conv1d(base_layer)  # GPT-2's Conv1D stores W as (in, out)
         weight = base_layer.weight
-        self.out_features = weight.shape[0]
-        self.in_features = math.prod(weight.shape[1:])
+        self.out_features = weight.shape[1] if self.transposed else weight.shape[0]
+        self.in_features = weight.shape[0] if self.transposed else math.prod(weight.shape[1:])
         self.scale = config.scale
         self.dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.register_buffer("step", torch.zeros((), dtype=torch.long, device=weight.device), persistent=False)
@@ -96,7 +98,7 @@ class AdapterLayer(nn.Module):
     def w0(self) -> torch.Tensor:
         """The frozen base weight as a matrix (out, in*kh*kw), whether merged or not."""
         weight = self._w0 if self._w0 is not None else self.base_layer.weight
-        return weight.reshape(self.out_features, self.in_features)
+        return weight.t() if self.transposed else weight.reshape(self.out_features, self.in_features)
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -113,7 +115,8 @@ class AdapterLayer(nn.Module):
             return
         weight = self.base_layer.weight
         with torch.no_grad():
-            merged = self.merged_weight().reshape(weight.shape).to(weight.dtype)
+            merged = self.merged_weight()
+            merged = (merged.t().contiguous() if self.transposed else merged.reshape(weight.shape)).to(weight.dtype)
         self._w0 = weight.data
         weight.data = merged
 
@@ -160,6 +163,21 @@ class AdapterLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"variant={self.config.variant}, rank={self.config.rank}, merged={self.merged}"
+
+
+def is_transformers_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a linear layer whose weight is stored transposed."""
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
+
+
+def is_adaptable(module: nn.Module) -> bool:
+    """Whether an adapter can wrap this module."""
+    return isinstance(module, (nn.Linear, nn.Conv2d)) or is_transformers_conv1d(module)
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """nn.Linear or transformers' Conv1D: what `all-linear` selects."""
+    return isinstance(module, nn.Linear) or is_transformers_conv1d(module)
 
 
 def row_norm_sq(w0_sq: torch.Tensor, w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
