@@ -1,0 +1,145 @@
+"""DreamBooth data: instance (and class) images with optional captions, as training tensors."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from dreamlr.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class InstanceImage(NamedTuple):
+    """One training image (RGB), its caption from a same-name .txt file (or None), and where it came from."""
+
+    image: Image.Image
+    caption: str | None
+    path: Path
+
+
+def load_instance_images(
+    folder: str | Path, resolution: int | None = None, kind: str = "instance"
+) -> list[InstanceImage]:
+    """Read every image in `folder` (sorted by name) as RGB, shorter side resized to `resolution` if given.
+
+    `kind` names the folder in error messages ("instance", "class").
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{kind} folder '{folder}' does not exist")
+    paths = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not paths:
+        raise UserError(f"{kind} folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for path in paths:
+        image = _read_rgb(path, kind)
+        if resolution is not None:
+            image = _resize_shorter_side(image, resolution)
+        images.append(InstanceImage(image, _read_caption(path.with_suffix(".txt"), kind), path))
+    return images
+
+
+def _read_rgb(path: Path, kind: str) -> Image.Image:
+    """Decode an image, apply its EXIF orientation and flatten it to RGB (transparency onto white)."""
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(
+            f"{kind} image '{path}': cannot be read as an image ({e}); remove or replace it"
+        ) from e
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grayscale: scale to 8 bits
+        image = image.point(lambda v: v / 256).convert("L")
+    if image.has_transparency_data:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _read_caption(path: Path, kind: str) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        caption = " ".join(path.read_text(encoding="utf-8").split())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{kind} caption '{path}': cannot be read as UTF-8 text ({e})") from e
+    return caption or None
+
+
+def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+    scale = size / min(image.size)
+    if scale == 1:
+        return image
+    new_size = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+    return image.resize(new_size, Image.Resampling.LANCZOS)
+
+
+class DreamBoothDataset(Dataset):
+    """Instance images as `pixel_values` (C×H×W in [-1, 1]) with `prompt` (caption, else the instance prompt).
+
+    With `class_dir` (prior preservation) each item also has `class_pixel_values` and `class_prompt`;
+    the shorter list cycles. Random crops and flips depend only on (`seed`, epoch, index): call
+    `set_epoch` each epoch for fresh ones.
+    """
+
+    def __init__(
+        self,
+        instance_dir: str | Path,
+        instance_prompt: str,
+        resolution: int,
+        class_dir: str | Path | None = None,
+        class_prompt: str | None = None,
+        center_crop: bool = True,
+        random_flip: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if class_dir is not None and not class_prompt:
+            raise UserError("prior preservation needs a class prompt along with the class image folder")
+        self.instance = load_instance_images(instance_dir, resolution)
+        self.classes = load_instance_images(class_dir, resolution, kind="class") if class_dir is not None else []
+        self.instance_prompt, self.class_prompt = instance_prompt, class_prompt
+        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random crops and flips of epoch `epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return max(len(self.instance), len(self.classes))
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
+        item = self.instance[index % len(self.instance)]
+        out = {"pixel_values": self._pixels(item.image, rng), "prompt": item.caption or self.instance_prompt}
+        if self.classes:
+            item = self.classes[index % len(self.classes)]
+            out["class_pixel_values"] = self._pixels(item.image, rng)
+            out["class_prompt"] = item.caption or self.class_prompt
+        return out
+
+    def _pixels(self, image: Image.Image, rng: random.Random) -> torch.Tensor:
+        """Square crop at `resolution` (center or random), optional flip, scaled to [-1, 1]."""
+        image = _resize_shorter_side(image, self.resolution)
+        size = self.resolution
+        if self.center_crop:
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+        else:
+            left, top = rng.randint(0, image.width - size), rng.randint(0, image.height - size)
+        image = image.crop((left, top, left + size, top + size))
+        if self.random_flip and rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        return TF.pil_to_tensor(image).float() / 127.5 - 1.0
