@@ -103,10 +103,11 @@ class DreamBoothDataset(Dataset):
         center_crop: bool = True,
         random_flip: bool = False,
         seed: int = 0,
+        kind: str = "instance",
     ) -> None:
         if class_dir is not None and not class_prompt:
             raise UserError("prior preservation needs a class prompt along with the class image folder")
-        self.instance = load_instance_images(instance_dir, resolution)
+        self.instance = load_instance_images(instance_dir, resolution, kind=kind)
         self.classes = load_instance_images(class_dir, resolution, kind="class") if class_dir is not None else []
         self.instance_prompt, self.class_prompt = instance_prompt, class_prompt
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip

@@ -70,7 +70,7 @@ def train(config: DreamBoothConfig) -> Path:
         if model.dtype != weight_dtype:
             model.to(weight_dtype)
     instance = cache_latents(config, parts, config.instance_data_dir, config.instance_prompt, device)
-    prior = cache_latents(config, parts, class_dir, config.class_prompt, device) if class_dir else None
+    prior = cache_latents(config, parts, class_dir, config.class_prompt, device, "class") if class_dir else None
 
     torch.manual_seed(config.seed)  # adapter initialization
     adapted = nn.ModuleDict({"unet": parts.unet})
@@ -189,10 +189,10 @@ class PromptEncoder:
 
 @torch.no_grad()
 def cache_latents(config: DreamBoothConfig, parts: Components, folder: str | Path, prompt: str,
-                  device: torch.device) -> LatentCache:
+                  device: torch.device, kind: str = "instance") -> LatentCache:
     """Encode every training view once: one per image, or 4 random crops/flips each when augmenting."""
     dataset = DreamBoothDataset(folder, prompt, config.resolution, center_crop=config.center_crop,
-                                random_flip=config.random_flip, seed=config.seed)
+                                random_flip=config.random_flip, seed=config.seed, kind=kind)
     views = 1 if config.center_crop and not config.random_flip else 4
     means, stds, prompts = [], [], []
     vae = parts.vae
