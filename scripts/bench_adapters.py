@@ -3,9 +3,8 @@
 Each shape is a self-attention block (to_q, to_k, to_v, to_out.0 and SDPA) at an SD 1.5 UNet
 resolution; the adapters wrap the four projections (`attn` preset). Times are medians over
 `--iters` steps, printed as ratios to the frozen base block and to PEFT's LoRA and DoRA run in the
-same process on the same weights. Peak memory is the extra memory one step needs over its inputs
-and weights: CUDA's allocator peak on a GPU, the resident-set high-water mark of a fresh
-subprocess on the CPU.
+same process on the same weights. Peak memory counts every tensor alive during one step (weights
+and input included): CUDA's allocator peak on a GPU, the profiler's memory timeline on the CPU.
 
     python scripts/bench_adapters.py                       # CPU, fp32
     python scripts/bench_adapters.py --device cuda --dtype bf16
@@ -15,12 +14,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -107,41 +102,26 @@ def time_steps(blocks: dict[str, nn.Module], x: torch.Tensor, iters: int, warmup
     return {method: statistics.median(values) for method, values in times.items()}
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def peak_memory(block: nn.Module, x: torch.Tensor, device: str) -> float:
+    """Peak bytes of tensors alive during one forward+backward (weights and input included).
 
-
-def peak_memory(method: str, shape: str, args: argparse.Namespace) -> float:
-    """Extra bytes one step needs over inputs and weights (on the CPU: median of 3 fresh processes)."""
-    width, tokens = SHAPES[shape]
-    dtype = DTYPES[args.dtype]
-    if args.device == "cuda":
-        block = build(method, width, args.rank, "cuda", dtype)
-        x = make_input(width, tokens, args.batch, "cuda", dtype)
-        step(block, x)
+    CUDA: the allocator's peak. CPU: the peak of the profiler's memory timeline (every tensor
+    allocation and free, so it is exact and repeatable, unlike the process's resident size).
+    """
+    step(block, x)  # warm: lazily created state is not part of a step
+    if device == "cuda":
         torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step(block, x)
         torch.cuda.synchronize()
-        return float(torch.cuda.max_memory_allocated() - before)
-    command = [sys.executable, __file__, "--memory-probe", method, shape, "--rank", str(args.rank),
-               "--batch", str(args.batch), "--dtype", args.dtype]
-    probes = [subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1] for _ in range(3)]
-    return statistics.median(float(p) for p in probes)
+        return float(torch.cuda.max_memory_allocated())
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
 
-
-def memory_probe(method: str, shape: str, args: argparse.Namespace) -> None:
-    """In a fresh process: print the RSS high-water mark of one step over the RSS before it."""
-    width, tokens = SHAPES[shape]
-    block = build(method, width, args.rank, "cpu", DTYPES[args.dtype])
-    x = make_input(width, tokens, args.batch, "cpu", DTYPES[args.dtype])
-    gc.collect()
-    before = rss_bytes()
-    step(block, x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(max(peak - before, 0))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step(block, x)
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    return float(max(sum(categories) for categories in sizes))
 
 
 def main() -> None:
@@ -156,11 +136,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--memory-probe", nargs=2, metavar=("METHOD", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_probe:
-        memory_probe(*args.memory_probe, args)
-        return
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
 
@@ -172,10 +148,9 @@ def main() -> None:
         x = make_input(width, tokens, args.batch, args.device, dtype)
         blocks = {method: build(method, width, args.rank, args.device, dtype) for method in methods}
         seconds = time_steps(blocks, x, args.iters, args.warmup, args.device)
+        memory = {m: float("nan") if args.no_memory else peak_memory(b, x, args.device) for m, b in blocks.items()}
         del blocks
-        memory = {}
         for method in methods:
-            memory[method] = float("nan") if args.no_memory else peak_memory(method, shape, args)
             print(f"  {shape} {method:10s} {seconds[method] * 1e3:9.1f} ms  {memory[method] / 2**20:8.1f} MiB",
                   file=sys.stderr, flush=True)
         for method in methods:
