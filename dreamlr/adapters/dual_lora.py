@@ -11,15 +11,33 @@ from dreamlr.adapters.base import AdapterLayer
 from dreamlr.adapters.config import AdapterConfig
 
 
-def sign_ste(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """Sign(x) = +1 where x > 0, else −1, with a straight-through gradient.
+class DualDelta(torch.autograd.Function):
+    """ΔW = coef · ReLU(B·A) ⊙ Sign(D·C), Sign(x) = +1 where x > 0 else −1, with a straight-through
+    gradient for Sign: `clip` passes it where |D·C| ≤ 1 (the gradient of clamp(x, −1, 1), the clipped
+    STE of binarized networks), `identity` everywhere.
 
-    `clip`: the gradient of clamp(x, −1, 1), i.e. passed where |x| ≤ 1 and zero elsewhere
-    (the clipped STE of binarized networks); `identity`: passed unchanged.
+    Only the four factors are saved; B·A and D·C are recomputed in backward (r·out·in each), so the
+    dense products cost no activation memory.
     """
-    sign = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
-    surrogate = x.clamp(-1.0, 1.0) if mode == "clip" else x
-    return surrogate + (sign - surrogate).detach()
+
+    @staticmethod
+    def forward(ctx, mag_B, mag_A, dir_B, dir_A, coef, clip: bool):  # noqa: N803 (paper's names)
+        magnitude = (mag_B @ mag_A).clamp_min_(0)
+        positive = (dir_B @ dir_A) > 0
+        ctx.save_for_backward(mag_B, mag_A, dir_B, dir_A, coef)
+        ctx.clip = clip
+        return torch.where(positive, magnitude, -magnitude).mul_(coef)
+
+    @staticmethod
+    def backward(ctx, grad):
+        mag_B, mag_A, dir_B, dir_A, coef = ctx.saved_tensors
+        ba, dc = mag_B @ mag_A, dir_B @ dir_A
+        scaled = grad * coef
+        grad_ba = torch.where(dc > 0, scaled, -scaled).masked_fill_(ba <= 0, 0.0)
+        grad_dc = scaled.mul_(ba.clamp_min_(0))
+        if ctx.clip:
+            grad_dc.masked_fill_(dc.abs() > 1, 0.0)
+        return grad_ba @ mag_A.t(), mag_B.t() @ grad_ba, grad_dc @ dir_A.t(), dir_B.t() @ grad_dc, None, None
 
 
 class DualLoRALayer(AdapterLayer):
@@ -50,9 +68,8 @@ class DualLoRALayer(AdapterLayer):
     def delta_weight(self) -> torch.Tensor:
         """ΔW (out, in*kh*kw) in fp32, differentiable."""
         r1, r2 = self.config.sub_ranks
-        magnitude = torch.relu(self.mag_B @ self.mag_A)
-        direction = sign_ste(self.dir_B @ self.dir_A, self.config.ste)
-        return (self.warmup_factor() * (self.config.alpha / math.sqrt(r1 * r2))) * magnitude * direction
+        coef = self.warmup_factor() * (self.config.alpha / math.sqrt(r1 * r2))
+        return DualDelta.apply(self.mag_B, self.mag_A, self.dir_B, self.dir_A, coef, self.config.ste == "clip")
 
     def _adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         delta = self.delta_weight()
