@@ -13,6 +13,10 @@ from dreamlr.errors import UserError
 # command name -> module under dreamlr.commands exposing `add_arguments(parser)`, `run(args)` and `HELP`
 COMMANDS = {
     "train": "train",
+    "generate": "generate",
+    "score": "score",
+    "export": "export",
+    "import": "import_",
 }
 
 

@@ -43,6 +43,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def cache_root() -> Path:
+    """dreamlr's cache folder: `$DREAMLR_CACHE`, else `~/.cache/dreamlr`."""
+    return Path(os.environ.get("DREAMLR_CACHE") or Path.home() / ".cache" / "dreamlr").expanduser()
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:

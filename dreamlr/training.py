@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import resource
 import shutil
@@ -145,12 +144,3 @@ class CheckpointManager:
 def step_generator(seed: int, step: int, micro_step: int = 0) -> torch.Generator:
     """The random stream of one micro-batch, a function of (seed, step) only: resuming replays it exactly."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro_step) % (2**63 - 1))
-
-
-def is_due(step: int, every: int | None, last_step: int) -> bool:
-    """Whether a periodic action (checkpoint, validation) runs after `step`."""
-    return bool(every) and (step % every == 0) and step != last_step
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -13,7 +13,6 @@ and input included): CUDA's allocator peak on a GPU, the profiler's memory timel
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys

@@ -10,7 +10,6 @@ from torch.overrides import TorchFunctionMode
 from dreamlr.adapters import (
     VARIANTS,
     AdapterConfig,
-    adapter_layers,
     attach,
     count_parameters,
     load_adapter,

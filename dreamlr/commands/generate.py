@@ -11,7 +11,8 @@ HELP = "Generate images for a prompt set (e.g. DreamBench) with one or more adap
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub id, local diffusers folder, .safetensors/.ckpt file, or `tiny`")
+    parser.add_argument("--model", required=True,
+                        help="hub id, local diffusers folder, .safetensors/.ckpt file, or `tiny`")
     parser.add_argument("--adapter", action="append", default=[], metavar="FILE",
                         help="dreamlr adapter file; repeat to combine several (none: the base model)")
     parser.add_argument("--weights", metavar="W1,W2,…", help="one weight per --adapter (default 1 each)")
@@ -43,15 +44,17 @@ def _weights(text: str | None, count: int) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamlr.diffusion.generate import Settings, generate_folder
     from dreamlr.evaluation.prompts import load_prompts
 
-    prompts = load_prompts(args.prompts, args.token, args.class_name)
+    prompts = load_prompts(args.prompts, args.token, args.class_name)  # before the slow import below
+    weights = _weights(args.weights, len(args.adapter))
+    from dreamlr.diffusion.generate import Settings, generate_folder
+
     settings = Settings(num_images=args.num_images, steps=args.steps, guidance=args.guidance,
                         scheduler=args.scheduler, resolution=args.resolution, seed=args.seed,
                         batch_size=args.batch_size, merge=not args.no_merge)
     entries = generate_folder(args.model, prompts, args.output_dir, settings, adapters=args.adapter,
-                              weights=_weights(args.weights, len(args.adapter)),
+                              weights=weights,
                               extra={"prompts": args.prompts, "token": args.token, "class_name": args.class_name})
     print(f"wrote {len(entries)} images for {len(prompts)} prompts to {args.output_dir}")
     return 0

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"open_clip ARCH:PRETRAINED, ARCH:FILE, a weights file or folder, or `tiny` "
                              f"(default {CLIP_DEFAULT})")
     parser.add_argument("--dino", default=DINO_DEFAULT, metavar="SPEC",
-                        help=f"timm model name, NAME:FILE, a weights file or folder, or `tiny` (default {DINO_DEFAULT})")
+                        help=f"timm model name, NAME:FILE, a weights file or folder, or `tiny` "
+                             f"(default {DINO_DEFAULT})")
     parser.add_argument("--output", required=True, metavar="FILE.json",
                         help="report to write; the .md and .csv tables go beside it")
 

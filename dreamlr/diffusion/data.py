@@ -12,8 +12,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from dreamlr.errors import UserError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+from dreamlr.images import image_files, read_image
 
 
 class InstanceImage(NamedTuple):
@@ -31,40 +30,14 @@ def load_instance_images(
 
     `kind` names the folder in error messages ("instance", "class").
     """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"{kind} folder '{folder}' does not exist")
-    paths = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not paths:
-        raise UserError(f"{kind} folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    paths = image_files(folder, kind)
     images = []
     for path in paths:
-        image = _read_rgb(path, kind)
+        image = read_image(path, kind)
         if resolution is not None:
             image = _resize_shorter_side(image, resolution)
         images.append(InstanceImage(image, _read_caption(path.with_suffix(".txt"), kind), path))
     return images
-
-
-def _read_rgb(path: Path, kind: str) -> Image.Image:
-    """Decode an image, apply its EXIF orientation and flatten it to RGB (transparency onto white)."""
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(
-            f"{kind} image '{path}': cannot be read as an image ({e}); remove or replace it"
-        ) from e
-    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grayscale: scale to 8 bits
-        image = image.point(lambda v: v / 256).convert("L")
-    if image.has_transparency_data:
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
 
 
 def _read_caption(path: Path, kind: str) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,12 @@ from torch import nn
 from dreamlr import __version__
 from dreamlr.adapters import AdapterConfig, attach, count_parameters, save_adapter, set_step
 from dreamlr.diffusion.config import DreamBoothConfig
-from dreamlr.diffusion.data import IMAGE_SUFFIXES, DreamBoothDataset, load_instance_images
+from dreamlr.diffusion.data import DreamBoothDataset, load_instance_images
+from dreamlr.images import IMAGE_SUFFIXES
 from dreamlr.diffusion.losses import dreambooth_loss
 from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
 from dreamlr.errors import UserError
-from dreamlr.fileio import atomic_path, write_text, write_yaml
+from dreamlr.fileio import atomic_path, cache_root, write_text, write_yaml
 from dreamlr.training import (
     ADAPTER_FILE,
     CheckpointManager,
@@ -232,8 +232,7 @@ def prepare_class_images(config: DreamBoothConfig, parts: Components, device: to
 
 def class_image_cache(config: DreamBoothConfig) -> Path:
     key = f"{config.pretrained_model_name_or_path}|{config.class_prompt}|{config.resolution}"
-    root = Path(os.environ.get("DREAMLR_CACHE", Path.home() / ".cache" / "dreamlr"))
-    return root / "class_images" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "class_images" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 @torch.no_grad()

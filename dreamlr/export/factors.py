@@ -1,0 +1,103 @@
+"""Any adapter layer as LoRA factors: exactly where the variant allows, else a truncated SVD of its delta."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dreamlr.adapters import AdapterLayer
+from dreamlr.export.svd import relative_error, truncated_svd
+
+# variants whose update is a LoRA product as it stands (DoRA too, where the format has DoRA)
+EXACT_VARIANTS = ("lora", "loraplus", "singlora")
+
+
+@dataclass
+class LoRAFactors:
+    """One layer as a LoRA: ΔW = (alpha / rank)·up·down, or PEFT's DoRA form when `magnitude` is set.
+
+    Matrices are 2-D fp32 on the CPU; `kernel` is a Conv2d's (in, kh, kw), empty for a linear layer.
+    """
+
+    down: torch.Tensor  # (r, in·kh·kw)
+    up: torch.Tensor  # (out, r)
+    alpha: float
+    kernel: tuple[int, ...] = ()
+    magnitude: torch.Tensor | None = None  # (out,)
+    fan_in_fan_out: bool = False  # the base stores W as (in, out) (transformers' Conv1D)
+    error: float | None = None  # relative Frobenius error of a truncated SVD; None when exact
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    @property
+    def down_weight(self) -> torch.Tensor:
+        """The down factor as the layer's weight: (r, in) or a conv kernel (r, in, kh, kw)."""
+        return self.down.reshape(self.rank, *self.kernel) if self.kernel else self.down
+
+    @property
+    def up_weight(self) -> torch.Tensor:
+        """The up factor as the layer's weight: (out, r) or a 1×1 conv kernel (out, r, 1, 1)."""
+        return self.up[:, :, None, None] if self.kernel else self.up
+
+    @property
+    def magnitude_weight(self) -> torch.Tensor | None:
+        """The DoRA magnitude as PEFT stores it: (out,), or (1, out, 1, 1) for a conv."""
+        if self.magnitude is None:
+            return None
+        return self.magnitude.reshape(1, -1, 1, 1) if self.kernel else self.magnitude
+
+    @classmethod
+    def from_weights(cls, down: torch.Tensor, up: torch.Tensor, alpha: float,
+                     magnitude: torch.Tensor | None = None) -> LoRAFactors:
+        """From tensors as LoRA files store them (conv kernels 4-D, a conv magnitude (1, out, 1, 1))."""
+        flat = down.reshape(down.shape[0], -1).float()
+        return cls(down=flat, up=up.reshape(up.shape[0], -1).float(), alpha=float(alpha),
+                   kernel=tuple(down.shape[1:]) if down.dim() == 4 else (),
+                   magnitude=None if magnitude is None else magnitude.reshape(-1).float())
+
+
+def is_exact(variant: str, dora: bool) -> bool:
+    """Whether `variant` exports without loss to a format that has DoRA (`dora`) or not."""
+    return variant in EXACT_VARIANTS or (variant == "dora" and dora)
+
+
+@torch.no_grad()
+def layer_factors(layer: AdapterLayer, rank: int | None = None, energy: float | None = None,
+                  dora: bool = True) -> LoRAFactors:
+    """`layer` as LoRA factors.
+
+    Exact when neither `rank` nor `energy` is given and `is_exact(variant, dora)`; otherwise the
+    truncated SVD of W' − W0 (alpha = rank: scale 1) at `rank`, at the smallest rank keeping
+    `energy` of ‖W' − W0‖²_F, or by default at `matched_rank(layer)`.
+    """
+    kernel = tuple(layer.base_layer.weight.shape[1:]) if layer.is_conv else ()
+    config = layer.config
+    if rank is None and energy is None and is_exact(config.variant, dora):
+        if config.variant == "singlora":  # s·u·A[:out]·A[:in]ᵀ: up = u·A[:out], down = A[:in]ᵀ, same α and r
+            down = layer.lora_A[: layer.in_features].t()
+            up = layer.lora_A[: layer.out_features] * layer.ramp_factor()
+        else:
+            down, up = layer.lora_A, layer.lora_B
+        magnitude = layer.magnitude if config.variant == "dora" else None
+        return LoRAFactors(down=_cpu(down), up=_cpu(up), alpha=float(config.alpha), kernel=kernel,
+                           magnitude=None if magnitude is None else _cpu(magnitude),
+                           fan_in_fan_out=layer.transposed)
+    if rank is None and energy is None:
+        rank = matched_rank(layer)
+    delta = _cpu(layer.merged_weight() - layer.w0.float())
+    up, down = truncated_svd(delta, rank=rank, energy=energy)
+    return LoRAFactors(down=down, up=up, alpha=float(down.shape[0]), kernel=kernel,
+                       fan_in_fan_out=layer.transposed, error=relative_error(delta, up @ down))
+
+
+def matched_rank(layer: AdapterLayer) -> int:
+    """The rank of a LoRA with as many parameters as the layer's adapter (d2lora: 2r, dual_lora: r1 + r2)."""
+    fan = layer.in_features + layer.out_features
+    return max(1, type(layer).param_count(layer.config, layer.out_features, layer.in_features) // fan)
+
+
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", torch.float32).contiguous()
