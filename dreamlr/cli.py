@@ -17,6 +17,8 @@ COMMANDS = {
     "score": "score",
     "export": "export",
     "import": "import_",
+    "compare": "compare",
+    "report": "report",
 }
 
 

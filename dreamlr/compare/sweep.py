@@ -1,0 +1,277 @@
+"""A comparison sweep: every variant on every subject with the same data, seed, steps, prompts, seeds per
+image and scorer, plus the base model's row and the real-images row, then the report.
+
+Sweep folder layout:
+    sweep.json                       what was compared (variants, subjects, prompts, settings)
+    runs/<variant>/<subject>/        the DreamBooth run folder, and eval/ (images/, scores.json)
+    base/<subject>/                  the base model's images/ and scores.json
+    results/<label>.json             one record per variant, `base_model` and `real_images` (see records)
+    report.md, report.html, figures/ the report (dreamlr.report)
+Running the same sweep again reuses every finished run and score, and resumes an unfinished run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dreamlr.adapters import VARIANTS
+from dreamlr.compare import records
+from dreamlr.compare.cells import IMAGES_DIR, SCORES_FILE, evaluate, train_or_reuse
+from dreamlr.compare.matching import ParameterCounter, match_rank
+from dreamlr.compare.subjects import Subject
+from dreamlr.diffusion.config import DreamBoothConfig
+from dreamlr.diffusion.generate import Settings
+from dreamlr.errors import UserError
+from dreamlr.evaluation.dreambench import CLIP_DEFAULT, DINO_DEFAULT, IMAGES_PER_PROMPT
+from dreamlr.evaluation.prompts import Prompt, load_prompts
+from dreamlr.fileio import write_text
+from dreamlr.report import build_report
+
+SWEEP_FILE = "sweep.json"
+RESULTS_DIR = "results"
+RUNS_DIR = "runs"
+BASE_DIR = "base"
+EVAL_DIR = "eval"
+BASE_LABEL = "base_model"
+REAL_LABEL = "real_images"
+MATCH_MODES = ("params",)
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class SweepSpec:
+    """What to compare: variants x subjects under one config (`overrides` are `--set` keys for every run),
+    and how to generate and score."""
+
+    config_file: str | None
+    variants: list[str]
+    subjects: list[Subject]
+    output_dir: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    prompts: str = "dreambench"
+    max_prompts: int | None = None
+    token: str = "sks"
+    num_images: int = IMAGES_PER_PROMPT
+    steps: int = 50
+    guidance: float = 7.5
+    clip: str = CLIP_DEFAULT
+    dino: str = DINO_DEFAULT
+    match: str | None = None
+
+    def check(self) -> None:
+        """Raise a UserError for a spec no sweep could run."""
+        if not self.variants:
+            raise UserError("--variants lists no variant")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise UserError(f"unknown variant {unknown[0]!r} in --variants; known variants: {', '.join(VARIANTS)}")
+        repeated = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if repeated:
+            raise UserError(f"--variants names {repeated[0]!r} twice")
+        if not self.subjects:
+            raise UserError("no subjects: give --subjects DIR1,DIR2 or --dreambench DIR")
+        if self.match is not None and self.match not in MATCH_MODES:
+            raise UserError(f"--match {self.match!r} is unknown; choose {', '.join(MATCH_MODES)}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise UserError(f"--max-prompts must be at least 1, not {self.max_prompts}")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise UserError(f"--output-dir '{self.output_dir}' is a file; give a folder")
+        for key in ("instance_data_dir", "instance_prompt", "output_dir"):
+            if key in self.overrides:
+                raise UserError(f"--set {key}: compare sets it for each run (from the subject and --output-dir)")
+
+
+def run_sweep(spec: SweepSpec, log: Log = _stderr) -> list[dict[str, Any]]:
+    """Run (or finish) the sweep, write its results and report; returns the variant records."""
+    spec.check()
+    out = spec.output_dir
+    first = spec.subjects[0]
+    shared = {s.name: resolve_config(spec, None, s) for s in spec.subjects}  # errors here are the user's
+    prompts = {s.name: subject_prompts(spec, s) for s in spec.subjects}
+    generation_settings(spec, shared[first.name])  # bad sampling flags fail before any work
+    plan = plan_ranks(spec, log) if spec.match else {}
+    _write_json(out / SWEEP_FILE, sweep_summary(spec, shared[first.name], prompts, plan))
+
+    base = {"kind": "base_model", "label": BASE_LABEL, "subjects": []}
+    base_reports = []
+    for subject in spec.subjects:  # a failure here (model, encoders) would fail every row: it stops the sweep
+        config = shared[subject.name]
+        report = evaluate(out / BASE_DIR / subject.name, config.pretrained_model_name_or_path, prompts[subject.name],
+                          generation_settings(spec, config), subject, encoders(spec),
+                          extra=_generation_extra(spec, subject))
+        base_reports.append(report)
+        base["subjects"].append({"name": subject.name, **_eval_entry(out, out / BASE_DIR / subject.name, report)})
+        log(f"[base model] {subject.name}: {_scores_line(report['overall'])}")
+    _write_record(out, records.summarize_record(base, base_reports))
+
+    results = [run_variant(spec, variant, shared, prompts, plan.get(variant), log) for variant in spec.variants]
+    _write_record(out, real_images_record(spec.subjects, base_reports))
+    build_report([out], out)
+    return results
+
+
+def run_variant(spec: SweepSpec, variant: str, shared: dict[str, DreamBoothConfig], prompts: dict[str, list[Prompt]],
+                planned: tuple[int, int, int] | Exception | None, log: Log) -> dict[str, Any]:
+    """Train, generate and score one variant on every subject; a failing subject is recorded and skipped."""
+    out = spec.output_dir
+    record: dict[str, Any] = {"kind": "variant", "label": variant, "variant": variant, "subjects": []}
+    if isinstance(planned, tuple):
+        record.update(rank=planned[0], planned_parameters=planned[1], target_parameters=planned[2],
+                      matched_to=spec.variants[0])
+    own: dict[str, dict[str, Any]] = {}
+    for subject in spec.subjects:
+        run_dir = out / RUNS_DIR / variant / subject.name
+        entry: dict[str, Any] = {"name": subject.name, "run_dir": _relative(run_dir, out)}
+        try:
+            if isinstance(planned, Exception):
+                raise planned
+            config = resolve_config(spec, variant, subject, planned[0] if planned else None)
+            how = train_or_reuse(config)
+            report = evaluate(run_dir / EVAL_DIR, config.pretrained_model_name_or_path, prompts[subject.name],
+                              generation_settings(spec, shared[subject.name]), subject, encoders(spec),
+                              adapter=run_dir / "adapter.safetensors", extra=_generation_extra(spec, subject))
+            own[subject.name] = report
+            entry.update(records.training_record(run_dir), how=how, **_eval_entry(out, run_dir / EVAL_DIR, report))
+            log(f"[{variant}] {subject.name}: {how}; {_scores_line(report['overall'])}")
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the sweep
+            entry.update(_failure(exc))
+            log(f"[{variant}] {subject.name}: failed: {entry['error']}")
+        record["subjects"].append(entry)
+        _write_record(out, records.summarize_record(record, list(own.values())))
+    return records.summarize_record(record, list(own.values()))
+
+
+def resolve_config(spec: SweepSpec, variant: str | None, subject: Subject, rank: int | None = None
+                   ) -> DreamBoothConfig:
+    """The config of one run: config file < --set < the subject, the run folder, the variant and its rank.
+    With prior preservation, the class prompt follows the subject's class unless --set gives one."""
+    overrides = {**spec.overrides, "instance_data_dir": str(subject.images),
+                 "instance_prompt": subject.instance_prompt(spec.token),
+                 "output_dir": str(spec.output_dir / RUNS_DIR / (variant or "_") / subject.name)}
+    if variant is not None:
+        overrides["adapter.variant"] = variant
+    if rank is not None:
+        overrides["adapter.rank"] = rank
+    config = DreamBoothConfig.from_sources(spec.config_file, overrides)
+    if config.with_prior_preservation and "class_prompt" not in spec.overrides:
+        config = dataclasses.replace(config, class_prompt=f"a photo of {subject.class_name}")
+    return config
+
+
+def subject_prompts(spec: SweepSpec, subject: Subject) -> list[Prompt]:
+    """The prompt set of a subject (DreamBench list by class, or a file), cut to --max-prompts."""
+    return load_prompts(spec.prompts, spec.token, subject.class_name)[:spec.max_prompts]
+
+
+def generation_settings(spec: SweepSpec, config: DreamBoothConfig) -> Settings:
+    """Sampling settings shared by every row: the run's resolution and seed, the sweep's steps and guidance."""
+    settings = Settings(num_images=spec.num_images, steps=spec.steps, guidance=spec.guidance,
+                        resolution=config.resolution, seed=config.seed)
+    settings.check()
+    return settings
+
+
+def encoders(spec: SweepSpec) -> dict[str, str]:
+    return {"clip": spec.clip, "dino": spec.dino}
+
+
+def plan_ranks(spec: SweepSpec, log: Log) -> dict[str, tuple[int, int, int] | Exception]:
+    """For --match params: per variant (rank, its trainable parameters, the first variant's), or the error
+    that kept it from being matched. The first variant's own config sets the target."""
+    subject, first = spec.subjects[0], spec.variants[0]
+    reference = resolve_config(spec, first, subject)
+    counter = ParameterCounter(reference.pretrained_model_name_or_path)
+    target = counter.count(reference)
+    plan: dict[str, tuple[int, int, int] | Exception] = {first: (reference.adapter.get("rank", 8), target, target)}
+    for variant in spec.variants[1:]:
+        try:
+            adapter = resolve_config(spec, variant, subject, rank=2).unet_adapter_config()  # any valid rank
+            step = 2 if variant == "dual_lora" and adapter.magnitude_rank is None else 1
+            def count_at(rank: int, variant: str = variant) -> int:
+                return counter.count(resolve_config(spec, variant, subject, rank))
+
+            rank, count = match_rank(count_at, target, step)
+            plan[variant] = (rank, count, target)
+            log(f"[{variant}] rank {rank}: {count:,} trainable parameters ({first}: {target:,})")
+        except Exception as exc:  # noqa: BLE001 - recorded as the variant's failure
+            plan[variant] = exc
+    return plan
+
+
+def sweep_summary(spec: SweepSpec, config: DreamBoothConfig, prompts: dict[str, list[Prompt]],
+                  plan: dict[str, Any]) -> dict[str, Any]:
+    """sweep.json: the comparison's setup, for the report and for people."""
+    settings = generation_settings(spec, config)
+    return {
+        "variants": spec.variants,
+        "ranks": {v: p[0] for v, p in plan.items() if isinstance(p, tuple)},
+        "target_parameters": next((p[2] for p in plan.values() if isinstance(p, tuple)), None),
+        "match": spec.match,
+        "config_file": spec.config_file,
+        "overrides": spec.overrides,
+        "subjects": [{"name": s.name, "images": str(s.images), "class_name": s.class_name,
+                      "instance_prompt": s.instance_prompt(spec.token),
+                      "prompts": [p.text for p in prompts[s.name]]} for s in spec.subjects],
+        "training": {key: getattr(config, key) for key in (
+            "pretrained_model_name_or_path", "resolution", "max_train_steps", "train_batch_size",
+            "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "with_prior_preservation",
+            "train_text_encoder", "mixed_precision", "seed")} | {"adapter": config.adapter},
+        "generation": {**dataclasses.asdict(settings), "prompts": spec.prompts, "token": spec.token},
+        "encoders": encoders(spec),
+    }
+
+
+def real_images_record(subjects: list[Subject], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The real-images row from each subject's score report: its references against each other (leave-one-out)."""
+    entries = [{"name": s.name, "status": "done", "error": None, "metrics": records.pooled_real([r])}
+               for s, r in zip(subjects, reports)]
+    return {"kind": "real_images", "label": REAL_LABEL, "subjects": entries, "status": "done", "error": None,
+            "metrics": records.pooled_real(reports)}
+
+
+def _eval_entry(out: Path, cell: Path, report: dict[str, Any]) -> dict[str, Any]:
+    return {"status": "done", "error": None, "images": _relative(cell / IMAGES_DIR, out),
+            "scores": _relative(cell / SCORES_FILE, out), "metrics": report["overall"]}
+
+
+def _failure(exc: Exception) -> dict[str, Any]:
+    """A failed subject's status, one-line error and, for an unexpected error, its traceback."""
+    if isinstance(exc, UserError):
+        return {"status": "failed", "error": str(exc)}
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {"status": "failed", "error": f"{type(exc).__name__}: {message}".rstrip(": "),
+            "traceback": "".join(traceback.format_exception(exc))}
+
+
+def _generation_extra(spec: SweepSpec, subject: Subject) -> dict[str, Any]:
+    return {"prompts": spec.prompts, "token": spec.token, "class_name": subject.class_name}
+
+
+def _scores_line(overall: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {overall[m]['mean']:.3f}" for m, name in (("dino", "DINO"), ("clip_i", "CLIP-I"),
+                                                                         ("clip_t", "CLIP-T")))
+
+
+def _relative(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _write_record(out: Path, record: dict[str, Any]) -> None:
+    _write_json(out / RESULTS_DIR / f"{record['label']}.json", record)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
