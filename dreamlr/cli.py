@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "train",
     "generate": "generate",
     "score": "score",
+    "text": "text",
     "export": "export",
     "import": "import_",
     "compare": "compare",
