@@ -17,14 +17,13 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dreamlr.errors import UserError
+from dreamlr.hub import hub_offline, looks_like_path
 
 TINY = "tiny"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -118,21 +117,6 @@ def load_pipeline(
     return pipe.to(device) if device is not None else pipe
 
 
-def _hub_offline() -> bool:
-    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    return hub_constants.HF_HUB_OFFLINE or env
-
-
-def _looks_like_path(source: str) -> bool:
-    if source.startswith((".", "~", os.sep)) or source.lower().endswith(CHECKPOINT_SUFFIXES):
-        return True
-    try:
-        validate_repo_id(source)
-    except HFValidationError:
-        return True
-    return False
-
-
 def _load_external(source: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     """Load a pipeline from a local folder, a single-file checkpoint or the hub."""
     path = Path(source).expanduser()
@@ -151,14 +135,14 @@ def _load_external(source: str, dtype: torch.dtype) -> StableDiffusionPipeline:
         return _guarded(
             source,
             lambda: StableDiffusionPipeline.from_single_file(
-                str(path), dtype=dtype, local_files_only=_hub_offline(), **no_safety
+                str(path), dtype=dtype, local_files_only=hub_offline(), **no_safety
             ),
             offline_reason="a single-file checkpoint needs its base model's configs from the hub, which are not "
             "cached, and the hub is offline; use a diffusers folder or `tiny`",
         )
-    if _looks_like_path(source):
+    if looks_like_path(source, CHECKPOINT_SUFFIXES):
         raise UserError(f"model '{source}': no such file or folder")
-    if _hub_offline() and not isinstance(try_to_load_from_cache(source, "model_index.json"), str):
+    if hub_offline() and not isinstance(try_to_load_from_cache(source, "model_index.json"), str):
         raise UserError(f"model '{source}' not found locally, and the hub is offline; give a local path or `tiny`")
     return _guarded(
         source,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -25,13 +24,13 @@ from typing import TypeVar
 import open_clip
 import timm
 import torch
-from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2 as T
 
 from dreamlr.errors import UserError
+from dreamlr.hub import hub_offline
 from dreamlr.evaluation.dreambench import CLIP_DEFAULT, DINO_DEFAULT
 
 TINY = "tiny"
@@ -190,17 +189,12 @@ def _seeded(build: Callable[[], _Model]) -> _Model:
         return build()
 
 
-def _hub_offline() -> bool:
-    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    return hub_constants.HF_HUB_OFFLINE or env
-
-
 def _guarded(kind: str, spec: str, load: Callable[[], _T]) -> _T:
     """Run a library loader, turning its failures into one-line UserErrors."""
     try:
         return load()
     except (OSError, RuntimeError, ValueError, KeyError) as e:
-        if _hub_offline() and _missing_download(e):
+        if hub_offline() and _missing_download(e):
             raise UserError(f"{kind} encoder '{spec}': weights not found locally, and the hub is offline; "
                             "give a local weights file or folder, or `tiny`") from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

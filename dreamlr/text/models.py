@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from dreamlr.errors import UserError
+from dreamlr.hub import looks_like_path
 from dreamlr.text.hub import hub_offline
 
 MINILM = "minilm"
@@ -32,7 +32,7 @@ def resolve_model(source: str) -> str:
         return str(path)
     if path.exists():
         raise UserError(f"model '{source}' is a file; give a transformers model folder, a hub id or `minilm`")
-    if _looks_like_path(source):
+    if looks_like_path(source):
         raise UserError(f"model '{source}': no such folder (give a transformers model folder, a hub id or `minilm`)")
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache
@@ -41,19 +41,6 @@ def resolve_model(source: str) -> str:
             raise UserError(f"model '{source}' not found locally, and the hub is offline; "
                             "give a local folder or `minilm`")
     return source
-
-
-def _looks_like_path(source: str) -> bool:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if source.startswith((".", "~", os.sep)):
-        return True
-    try:
-        validate_repo_id(source)
-    except HFValidationError:
-        return True
-    return False
 
 
 @contextlib.contextmanager
