@@ -384,3 +384,13 @@ def test_transformers_conv1d_is_a_transposed_linear(variant, tmp_path):
         assert rel_err(model(x), live) <= 1e-5
         unmerge(model)
     assert torch.equal(model[0].base_layer.weight, w0)
+
+
+def test_singlora_init_uses_the_layers_fan_in():
+    """A (rows, r) is drawn as LoRA's A would be, with bound 1/√in, so A·Aᵀ starts small next to W0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(384, 1536))
+    attach(model, config("singlora"))
+    A = model[0].lora_A
+    assert A.abs().max() <= 1 / 384**0.5
+    assert A.std() > 0.5 / (3 * 384) ** 0.5

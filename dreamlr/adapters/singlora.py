@@ -22,7 +22,10 @@ class SingLoRALayer(AdapterLayer):
     def _create_parameters(self, factory: dict) -> None:
         rows = max(self.out_features, self.in_features)
         self.lora_A = nn.Parameter(torch.empty(rows, self.config.rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        # Kaiming-uniform (a=√5) for the layer's fan-in, as LoRA's A: A (rows, r) would otherwise take
+        # fan-in r, and A·Aᵀ would start as large as W0 itself
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.lora_A, -bound, bound)
 
     @classmethod
     def param_count(cls, config: AdapterConfig, out_features: int, in_features: int) -> int:
