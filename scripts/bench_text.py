@@ -10,6 +10,9 @@ methods taking turns) as a ratio to dreamlr LoRA r8.
 
     python scripts/bench_text.py                                    # the full benchmark (2 CPU cores: ~2 h)
     python scripts/bench_text.py --variants lora,d2lora --seeds 0 --epochs 1 --max-train-samples 320
+
+On a CPU shared with other jobs, set OMP_WAIT_POLICY=PASSIVE: torch's spinning OpenMP threads otherwise
+run up to 20 times slower whenever another process holds a core.
 """
 
 from __future__ import annotations
