@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from dreamlr.adapters import AdapterConfig
+from dreamlr.fileio import write_text
 from dreamlr.text.config import TextTrainConfig
 from dreamlr.text.evaluate import make_task
 from dreamlr.text.train import attach_adapter, fit, total_steps, trainable_groups
@@ -65,7 +66,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
-    parser.add_argument("--json", help="also write every run's numbers to this file")
+    parser.add_argument("--json", help="also write every run's numbers to this file; runs already in it are kept "
+                        "and not repeated, so an interrupted benchmark resumes")
     args = parser.parse_args()
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in METHODS]
@@ -182,19 +184,35 @@ def table(results: list[dict], seconds: dict[str, float], args: argparse.Namespa
     return "\n".join(lines)
 
 
+def resumed_runs(path: str | None, settings: dict) -> list[dict]:
+    """Runs already recorded in `path` by a benchmark with the same settings (none if it does not exist)."""
+    if not path or not Path(path).exists():
+        return []
+    recorded = json.loads(Path(path).read_text())
+    if recorded.get("settings") != settings:
+        raise SystemExit(f"{path} holds runs made with other settings ({recorded.get('settings')}); "
+                         "pass another --json file or delete it")
+    return recorded["runs"]
+
+
 def main() -> None:
     args = parse_args()
-    results = []
+    settings = {key: value for key, value in vars(args).items() if key not in ("variants", "seeds", "json")}
+    results = resumed_runs(args.json, settings)
+    done = {(r["method"], r["seed"]) for r in results}
     for seed in args.seeds:  # seeds outer: every method runs under similar machine load
         for method in args.variants:
+            if (method, seed) in done:
+                continue
             result = run_one(method, seed, args)
             results.append(result)
             print(json.dumps(result), flush=True)
             if args.json:
-                Path(args.json).write_text(json.dumps({"runs": results}, indent=2) + "\n")
+                write_text(args.json, json.dumps({"settings": settings, "runs": results}, indent=2) + "\n")
     seconds = time_steps(args.variants, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": results, "step_seconds": seconds}, indent=2) + "\n")
+        content = {"settings": settings, "runs": results, "step_seconds": seconds}
+        write_text(args.json, json.dumps(content, indent=2) + "\n")
     print()
     print(table(results, seconds, args))
 
