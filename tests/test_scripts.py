@@ -51,8 +51,8 @@ def test_bench_scoring_reports_throughput():
 @pytest.mark.skipif(not SST2.is_dir(), reason="shared SST-2 split not present")
 def test_bench_text_table_and_resume(tmp_path):
     record = tmp_path / "text.json"
-    args = ["--variants", "lora,d2lora,peft-lora,full", "--seeds", "0", "--epochs", "1", "--max-train-samples", "64",
-            "--max-eval-samples", "32", "--batch-size", "16", "--json", str(record)]
+    args = ["--variants", "lora,d2lora,peft-lora,full", "--seeds", "0", "--epochs", "1", "--max-train-samples", "32",
+            "--max-eval-samples", "16", "--batch-size", "8", "--json", str(record)]
     out = run_script("bench_text.py", *args)
     rows = {row[0]: row for row in table_rows(out)}
     assert list(rows) == ["lora", "d2lora", "peft-lora", "full"]
