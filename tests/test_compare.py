@@ -9,11 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dreamlr.cli import main
 from dreamlr.compare.matching import match_rank
 from dreamlr.compare.subjects import dreambench_subjects
-from dreamlr.compare.sweep import SweepSpec, plan_ranks, subject_prompts
+from dreamlr.compare.sweep import SweepSpec, plan_ranks, split_overrides, subject_prompts
 from dreamlr.diffusion import train as train_module
 from dreamlr.errors import UserError
 
@@ -22,6 +23,9 @@ DEMO = REPO / "assets" / "demo_subject"
 DREAMBENCH = Path(__file__).resolve().parents[2] / "shared/data/dreambench"
 FAST = ["--set", "max_train_steps=3", "--set", "resolution=32", "--set", "num_validation_images=0",
         "--set", "checkpointing_steps=1", "--set", "learning_rate=0.01"]
+
+
+PER_VARIANT = ["--set", "dora:learning_rate=0.02"]  # the module's sweep trains dora at its own learning rate
 
 
 def compare_args(out: Path, prompts: Path, variants: str = "lora,dora", *extra: str) -> list[str]:
@@ -53,11 +57,11 @@ def shown(summary: dict) -> str:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """A finished two-variant sweep (lora, dora) on the demo subject."""
+    """A finished two-variant sweep (lora, dora at its own learning rate) on the demo subject."""
     root = tmp_path_factory.mktemp("sweep")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DREAMLR_CACHE", str(root / "cache"))
-        assert main(compare_args(root / "out", prompt_file(root))) == 0
+        assert main(compare_args(root / "out", prompt_file(root), "lora,dora", *PER_VARIANT)) == 0
     return root / "out"
 
 
@@ -105,9 +109,26 @@ def test_sweep_writes_reports_whose_table_matches_each_runs_score_json(sweep):
     assert seeds(sweep / "runs/dora/demo_subject/eval/images") == seeds(sweep / "base/demo_subject/images")
 
 
+def test_per_variant_set_reaches_only_that_variants_runs_and_the_report(sweep):
+    def learning_rate(variant: str) -> float:
+        config = yaml.safe_load((sweep / "runs" / variant / "demo_subject" / "config.yaml").read_text())
+        return config["learning_rate"]
+    assert learning_rate("dora") == 0.02 and learning_rate("lora") == 0.01
+    assert json.loads((sweep / "sweep.json").read_text())["variant_overrides"] == {"dora": {"learning_rate": 0.02}}
+    assert "Per-variant settings (on top of the shared ones): dora `learning_rate=0.02`." in (
+        sweep / "report.md").read_text()
+
+
+def test_split_overrides_tells_shared_keys_from_one_variants():
+    shared, per_variant = split_overrides(["learning_rate=1e-4", "loraplus:adapter.lr_ratio=8",
+                                           "loraplus:learning_rate=5e-5", "validation_prompt=a:b"])
+    assert shared == {"learning_rate": 1e-4, "validation_prompt": "a:b"}
+    assert per_variant == {"loraplus": {"adapter.lr_ratio": 8, "learning_rate": 5e-5}}
+
+
 def test_running_again_reuses_every_finished_variant(sweep, calls, capsys):
     before = {v: json.loads((sweep / "results" / f"{v}.json").read_text())["metrics"] for v in ("lora", "dora")}
-    assert main(compare_args(sweep, prompt_file(sweep.parent))) == 0
+    assert main(compare_args(sweep, prompt_file(sweep.parent), "lora,dora", *PER_VARIANT)) == 0
     assert calls == []
     assert "[lora] demo_subject: reused" in capsys.readouterr().err
     assert {v: json.loads((sweep / "results" / f"{v}.json").read_text())["metrics"] for v in before} == before
@@ -239,6 +260,11 @@ def test_compare_on_a_dreambench_subject_trains_on_its_class_prompt(tmp_path):
     (["--set", "output_dir=/tmp/x"], "--set output_dir: compare sets it"),
     (["--set", "no_such_key=1"], "unknown config key(s) no_such_key"),
     (["--max-prompts", "0"], "--max-prompts must be at least 1"),
+    (["--set", "qlora:learning_rate=1"], "unknown variant 'qlora'"),
+    (["--set", "d2lora:learning_rate=1"], "'d2lora' is not one of --variants (lora, dora)"),
+    (["--set", "dora:no_such_key=1"], "--set dora:no_such_key: unknown config key"),
+    (["--set", "dora:adapter.variant=lora"], "--set dora:adapter.variant: compare sets it"),
+    (["--match", "params", "--set", "dora:adapter.rank=2"], "chooses the rank of every variant but the first"),
     (["--num-images", "0"], "--num-images must be at least 1"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, change, message):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from dreamlr.errors import UserError
-from dreamlr.text.config import TextTrainConfig, parse_set
+from dreamlr.config_files import parse_set
+from dreamlr.text.config import TextTrainConfig
 from dreamlr.text.data import (
     choice_examples,
     classification_examples,

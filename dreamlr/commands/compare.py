@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"CLIP for CLIP-I / CLIP-T, as for `dreamlr score`, or `tiny` (default {CLIP_DEFAULT})")
     parser.add_argument("--dino", default=DINO_DEFAULT, metavar="SPEC",
                         help=f"DINO model, as for `dreamlr score`, or `tiny` (default {DINO_DEFAULT})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config key for every run, e.g. --set max_train_steps=400 --set adapter.rank=4 (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="[VARIANT:]KEY=VALUE",
+                        help="config key for every run, e.g. --set max_train_steps=400 --set adapter.rank=4, or for "
+                             "one variant's runs, e.g. --set loraplus:learning_rate=5e-5 (repeatable)")
 
 
 def _names(text: str | None) -> list[str]:
@@ -53,7 +54,6 @@ def _names(text: str | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from dreamlr.compare.subjects import dreambench_subjects, subjects_from_dirs
-    from dreamlr.diffusion.config import parse_set
     from dreamlr.errors import UserError
 
     if args.dreambench_subjects and not args.dreambench:
@@ -66,13 +66,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         subjects = subjects_from_dirs(_names(args.subjects), _names(args.class_name))
 
-    from dreamlr.compare.sweep import SweepSpec, run_sweep
+    from dreamlr.compare.sweep import SweepSpec, run_sweep, split_overrides
     from dreamlr.report.data import load
     from dreamlr.report.tables import main_table, to_markdown
 
     output_dir = Path(args.output_dir).expanduser()
+    overrides, variant_overrides = split_overrides(args.set)
     spec = SweepSpec(config_file=args.config, variants=_names(args.variants), subjects=subjects,
-                     output_dir=output_dir, overrides=parse_set(args.set), prompts=args.prompts,
+                     output_dir=output_dir, overrides=overrides, variant_overrides=variant_overrides,
+                     prompts=args.prompts,
                      max_prompts=args.max_prompts, token=args.token, num_images=args.num_images, steps=args.steps,
                      guidance=args.guidance, clip=args.clip, dino=args.dino, match=args.match)
     results = run_sweep(spec)

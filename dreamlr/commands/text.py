@@ -103,7 +103,8 @@ def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dreamlr.text.config import TextTrainConfig, parse_set
+    from dreamlr.config_files import parse_set
+    from dreamlr.text.config import TextTrainConfig
     from dreamlr.text.evaluate import EVAL_FILE
     from dreamlr.text.train import train
 

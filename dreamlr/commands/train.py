@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamlr.diffusion.config import DreamBoothConfig, parse_set
+    from dreamlr.config_files import parse_set
+    from dreamlr.diffusion.config import DreamBoothConfig
     from dreamlr.diffusion.train import train
 
     overrides = {key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None}

@@ -27,6 +27,7 @@ from dreamlr.compare import records
 from dreamlr.compare.cells import IMAGES_DIR, SCORES_FILE, evaluate, train_or_reuse
 from dreamlr.compare.matching import ParameterCounter, match_rank
 from dreamlr.compare.subjects import Subject
+from dreamlr.config_files import parse_set
 from dreamlr.diffusion.config import DreamBoothConfig
 from dreamlr.diffusion.generate import Settings
 from dreamlr.errors import UserError
@@ -53,14 +54,15 @@ def _stderr(message: str) -> None:
 
 @dataclass
 class SweepSpec:
-    """What to compare: variants x subjects under one config (`overrides` are `--set` keys for every run),
-    and how to generate and score."""
+    """What to compare: variants x subjects under one config (`overrides` are `--set` keys for every run,
+    `variant_overrides` those for one variant's runs), and how to generate and score."""
 
     config_file: str | None
     variants: list[str]
     subjects: list[Subject]
     output_dir: Path
     overrides: dict[str, Any] = field(default_factory=dict)
+    variant_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompts: str = "dreambench"
     max_prompts: int | None = None
     token: str = "sks"
@@ -92,6 +94,21 @@ class SweepSpec:
         for key in ("instance_data_dir", "instance_prompt", "output_dir"):
             if key in self.overrides:
                 raise UserError(f"--set {key}: compare sets it for each run (from the subject and --output-dir)")
+        for variant, keys in self.variant_overrides.items():
+            self._check_variant_overrides(variant, keys)
+
+    def _check_variant_overrides(self, variant: str, keys: dict[str, Any]) -> None:
+        if variant not in self.variants:
+            raise UserError(f"--set {variant}:…: {variant!r} is not one of --variants ({', '.join(self.variants)})")
+        known = {f.name for f in dataclasses.fields(DreamBoothConfig)}
+        for key in keys:
+            if key.split(".")[0] not in known:
+                raise UserError(f"--set {variant}:{key}: unknown config key; see `dreamlr train --help`")
+            if key in ("instance_data_dir", "instance_prompt", "output_dir", "adapter.variant"):
+                raise UserError(f"--set {variant}:{key}: compare sets it for each run")
+            if key == "adapter.rank" and self.match and variant != self.variants[0]:
+                raise UserError(f"--set {variant}:adapter.rank: --match {self.match} chooses the rank of every "
+                                "variant but the first")
 
 
 def run_sweep(spec: SweepSpec, log: Log = _stderr) -> list[dict[str, Any]]:
@@ -156,9 +173,10 @@ def run_variant(spec: SweepSpec, variant: str, shared: dict[str, DreamBoothConfi
 
 def resolve_config(spec: SweepSpec, variant: str | None, subject: Subject, rank: int | None = None
                    ) -> DreamBoothConfig:
-    """The config of one run: config file < --set < the subject, the run folder, the variant and its rank.
-    With prior preservation, the class prompt follows the subject's class unless --set gives one."""
-    overrides = {**spec.overrides, "instance_data_dir": str(subject.images),
+    """The config of one run: config file < --set < --set VARIANT:… < the subject, the run folder, the variant
+    and its rank. With prior preservation, the class prompt follows the subject's class unless --set gives one."""
+    chosen = {**spec.overrides, **spec.variant_overrides.get(variant, {})} if variant else spec.overrides
+    overrides = {**chosen, "instance_data_dir": str(subject.images),
                  "instance_prompt": subject.instance_prompt(spec.token),
                  "output_dir": str(spec.output_dir / RUNS_DIR / (variant or "_") / subject.name)}
     if variant is not None:
@@ -166,9 +184,24 @@ def resolve_config(spec: SweepSpec, variant: str | None, subject: Subject, rank:
     if rank is not None:
         overrides["adapter.rank"] = rank
     config = DreamBoothConfig.from_sources(spec.config_file, overrides)
-    if config.with_prior_preservation and "class_prompt" not in spec.overrides:
+    if config.with_prior_preservation and "class_prompt" not in chosen:
         config = dataclasses.replace(config, class_prompt=f"a photo of {subject.class_name}")
     return config
+
+
+def split_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """--set items: `key=value` applies to every run, `VARIANT:key=value` to that variant's runs only."""
+    common, per_variant = [], {}
+    for item in items:
+        variant, colon, _ = item.partition("=")[0].partition(":")
+        if colon:
+            per_variant.setdefault(variant.strip(), []).append(item.partition(":")[2])
+        else:
+            common.append(item)
+    unknown = sorted(set(per_variant) - set(VARIANTS))
+    if unknown:
+        raise UserError(f"--set {unknown[0]}:…: unknown variant {unknown[0]!r}; known variants: {', '.join(VARIANTS)}")
+    return parse_set(common), {variant: parse_set(keys) for variant, keys in per_variant.items()}
 
 
 def subject_prompts(spec: SweepSpec, subject: Subject) -> list[Prompt]:
@@ -222,6 +255,7 @@ def sweep_summary(spec: SweepSpec, config: DreamBoothConfig, prompts: dict[str, 
         "match": spec.match,
         "config_file": spec.config_file,
         "overrides": spec.overrides,
+        "variant_overrides": spec.variant_overrides,
         "subjects": [{"name": s.name, "images": str(s.images), "class_name": s.class_name,
                       "instance_prompt": s.instance_prompt(spec.token),
                       "prompts": [p.text for p in prompts[s.name]]} for s in spec.subjects],

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dreamlr.adapters import AdapterConfig
+from dreamlr.config_files import build_config, check_types
 from dreamlr.errors import UserError
 from dreamlr.training import LR_SCHEDULERS
 
@@ -68,29 +66,14 @@ class DreamBoothConfig:
     @classmethod
     def from_sources(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> DreamBoothConfig:
         """Defaults < YAML file < overrides (dotted keys reach into `adapter`); then validated."""
-        data: dict[str, Any] = {}
-        if config_file:
-            data = _read_yaml(config_file)
-        for key, value in (overrides or {}).items():
-            _set_dotted(data, key, value)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown config key(s) {', '.join(unknown)}; see `dreamlr train --help` for the known keys")
-        defaults = cls()
-        for name in ("adapter", "text_encoder_adapter"):  # nested dicts merge with their defaults
-            if name in data:
-                if not isinstance(data[name], dict):
-                    raise UserError(f"config key {name!r} must be a mapping, got {data[name]!r}")
-                data[name] = {**getattr(defaults, name), **data[name]}
+        data = build_config(cls, config_file, overrides, "dreamlr train", nested=("adapter", "text_encoder_adapter"))
         config = cls(**data)
         config.validate()
         return config
 
     def validate(self) -> None:
         """Types and ranges of every key, and the adapter configs; raises UserError on the first problem."""
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+        check_types(self)
         if not self.instance_data_dir:
             raise UserError("instance_data_dir is not set: give --instance-dir DIR")
         if not self.instance_prompt:
@@ -125,68 +108,3 @@ class DreamBoothConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """`key=value` pairs from --set, values read as YAML (numbers, booleans, null, lists)."""
-    result = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=5e-5")
-        result[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-    return result
-
-
-def _read_yaml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file's keys; `extends: other.yaml` (relative to the file) supplies defaults, merged key by key."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"config file '{path}' does not exist")
-    if file.resolve() in seen:
-        raise UserError(f"config file '{path}' extends itself (through {', '.join(str(p) for p in seen)})")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file '{path}' is not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file '{path}' must hold a mapping of keys to values")
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    return _merge(_read_yaml(file.parent / parent, (*seen, file.resolve())), data)
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    head, _, rest = key.partition(".")
-    if rest:
-        child = data.setdefault(head, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {key}: {head!r} is not a mapping")
-        _set_dotted(child, rest, value)
-    else:
-        data[head] = value
-
-
-_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict[str, Any]": dict}
-
-
-def _check_type(name: str, value: Any, annotation: str) -> None:
-    """Check a value against its field's annotation (as written: 'int', 'float | None', …)."""
-    options = [part.strip() for part in str(annotation).split("|")]
-    if value is None and "None" in options:
-        return
-    for option in options:
-        expected = _TYPES.get(option)
-        if expected and isinstance(value, expected) and not (option in ("int", "float") and isinstance(value, bool)):
-            return
-    raise UserError(f"config key {name!r} must be {' or '.join(options)}, got {value!r}")

@@ -120,6 +120,10 @@ def setup_lines(data: ReportData) -> list[str]:
         if len(data.setups) > 1:
             line = f"`{setup['source']}`: " + line
         lines.append(line)
+        if setup.get("variant_overrides"):
+            lines.append("Per-variant settings (on top of the shared ones): " + "; ".join(
+                f"{variant} " + ", ".join(f"`{key}={value}`" for key, value in keys.items())
+                for variant, keys in setup["variant_overrides"].items()) + ".")
         if setup.get("match") == "params" and setup["variants"]:
             target = setup.get("target_parameters")
             lines.append(f"Parameter-matched: each variant's rank was chosen to bring its trainable parameters "

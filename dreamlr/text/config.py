@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 
 from dreamlr.adapters import AdapterConfig
+from dreamlr.config_files import build_config, check_types
 from dreamlr.errors import UserError
 from dreamlr.training import LR_SCHEDULERS
 
@@ -22,7 +18,6 @@ DEFAULT_COLUMNS = {
     "classification": ("sentence", None, "label"),
     "causal-lm": ("instruction", "input", "response"),
 }
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 DEFAULT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
@@ -68,22 +63,7 @@ class TextTrainConfig:
     @classmethod
     def from_sources(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> TextTrainConfig:
         """Defaults < YAML file < overrides (dotted keys reach into `adapter`); columns resolved; validated."""
-        data: dict[str, Any] = read_yaml(config_file) if config_file else {}
-        for key, value in (overrides or {}).items():
-            head, _, rest = key.partition(".")
-            if rest:
-                if not isinstance(data.setdefault(head, {}), dict):
-                    raise UserError(f"--set {key}: {head!r} is not a mapping")
-                data[head][rest] = value
-            else:
-                data[key] = value
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise UserError(f"unknown config key(s) {', '.join(unknown)}; see `dreamlr text train --help`")
-        if "adapter" in data:
-            if not isinstance(data["adapter"], dict):
-                raise UserError(f"config key 'adapter' must be a mapping, got {data['adapter']!r}")
-            data["adapter"] = {**cls().adapter, **data["adapter"]}
+        data = build_config(cls, config_file, overrides, "dreamlr text train")
         if isinstance(data.get("labels"), list):
             data["labels"] = [str(label) for label in data["labels"]]
         config = cls(**data)
@@ -95,9 +75,7 @@ class TextTrainConfig:
 
     def validate(self) -> None:
         """Types and ranges of every key, and the adapter config; raises UserError on the first problem."""
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        check_types(self)
         if self.task not in TASKS:
             raise UserError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         for key in ("epochs", "batch_size", "eval_batch_size", "max_length", "max_new_tokens", "checkpointing_steps",
@@ -126,56 +104,3 @@ class TextTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The keys of a YAML config file."""
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"config file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"config file '{path}' is not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file '{path}' must hold a mapping of keys to values")
-    return data
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """`key=value` pairs from --set, values read as YAML (numbers, booleans, null, lists); `5e-5` is a number
-    too (YAML 1.1 alone reads it as text)."""
-    result = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set learning_rate=5e-5")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
-        result[key.strip()] = float(value) if isinstance(value, str) and _NUMBER.fullmatch(value.strip()) else value
-    return result
-
-
-def _check_type(name: str, value: Any, hint: Any) -> None:
-    """Check a value against a field's type hint (str, int, float, bool, dict, list[str], unions with None)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for option in options:
-        if option is type(None):
-            if value is None:
-                return
-            continue
-        origin = typing.get_origin(option) or option
-        if isinstance(value, bool) and origin is not bool:
-            continue
-        if origin is float and isinstance(value, (int, float)):
-            return
-        if origin is list and isinstance(value, list):
-            if all(isinstance(item, typing.get_args(option)[0]) for item in value):
-                return
-        elif isinstance(value, origin):
-            return
-    names = " or ".join(getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options)
-    raise UserError(f"config key {name!r} must be {names}, got {value!r}")

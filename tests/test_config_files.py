@@ -1,0 +1,52 @@
+"""Run configs from YAML and --set: numbers as people write them, one clear error per bad value."""
+
+import pytest
+
+from dreamlr.config_files import load_yaml, parse_set
+from dreamlr.diffusion.config import DreamBoothConfig
+from dreamlr.errors import UserError
+from dreamlr.text.config import TextTrainConfig
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e-4", 1e-4), ("5E+3", 5e3), ("-2e-5", -2e-5), ("1.0e-4", 1e-4), ("3.", 3.0), (".5", 0.5), ("7", 7),
+    ("true", True), ("null", None), ("[1, 2e-3]", [1, 2e-3]),
+    ("e5", "e5"), ("1.2.3", "1.2.3"), ("1e", "1e"), ("v1e5", "v1e5"),
+])
+def test_yaml_values_read_scientific_floats_without_a_dot(text, value):
+    assert load_yaml(text) == value and type(load_yaml(text)) is type(value)
+
+
+def test_set_values_and_errors():
+    assert parse_set(["learning_rate=5e-5", "adapter.rank=4", "validation_prompt=a sks dog, oil painting", "seed="]) == {
+        "learning_rate": 5e-5, "adapter.rank": 4, "validation_prompt": "a sks dog, oil painting", "seed": None}
+    with pytest.raises(UserError, match="expected key=value"):
+        parse_set(["learning_rate"])
+    with pytest.raises(UserError, match="not valid YAML"):
+        parse_set(["targets=[q, k"])
+
+
+def test_both_trainers_take_scientific_learning_rates_from_files_and_flags(tmp_path):
+    image = tmp_path / "image.yaml"
+    image.write_text("instance_data_dir: photos\ninstance_prompt: a photo of sks dog\nlearning_rate: 2e-4\n")
+    assert DreamBoothConfig.from_sources(str(image)).learning_rate == 2e-4
+    assert DreamBoothConfig.from_sources(str(image), parse_set(["learning_rate=5e-5"])).learning_rate == 5e-5
+    text = tmp_path / "text.yaml"
+    text.write_text("extends: base.yaml\nlearning_rate: 3e-4\n")
+    (tmp_path / "base.yaml").write_text("model: minilm\nepochs: 5\n")
+    config = TextTrainConfig.from_sources(str(text), parse_set(["adapter.alpha=16"]))
+    assert (config.learning_rate, config.epochs, config.adapter["alpha"]) == (3e-4, 5, 16)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"learning_rate": "fast"}, "config key 'learning_rate' must be float, got 'fast'"),
+    ({"seed": True}, "config key 'seed' must be int, got True"),
+    ({"max_train_steps": 1.5}, "config key 'max_train_steps' must be int"),
+    ({"adapter": 3}, "config key 'adapter' must be a mapping"),
+    ({"learning_rate": 1e-4, "learning_rate.x": 1}, "--set learning_rate.x: 'learning_rate' is not a mapping"),
+    ({"no_such_key": 1}, "unknown config key(s) no_such_key; see `dreamlr train --help`"),
+])
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(UserError) as error:
+        DreamBoothConfig.from_sources(None, {"instance_data_dir": "x", "instance_prompt": "a sks", **overrides})
+    assert message in str(error.value)
