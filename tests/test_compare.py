@@ -119,6 +119,15 @@ def test_per_variant_set_reaches_only_that_variants_runs_and_the_report(sweep):
         sweep / "report.md").read_text()
 
 
+def test_changing_a_per_variant_key_retrains_only_that_variant(sweep, calls, tmp_path, capsys):
+    copy = tmp_path / "out"
+    shutil.copytree(sweep, copy)
+    assert main(compare_args(copy, prompt_file(sweep.parent), "lora,dora", "--set", "dora:learning_rate=0.03")) == 0
+    assert calls == [("dora", None)]
+    err = capsys.readouterr().err
+    assert "[lora] demo_subject: reused" in err and "[dora] demo_subject: trained" in err
+
+
 def test_split_overrides_tells_shared_keys_from_one_variants():
     shared, per_variant = split_overrides(["learning_rate=1e-4", "loraplus:adapter.lr_ratio=8",
                                            "loraplus:learning_rate=5e-5", "validation_prompt=a:b"])
