@@ -44,6 +44,7 @@ EVAL_DIR = "eval"
 BASE_LABEL = "base_model"
 REAL_LABEL = "real_images"
 MATCH_MODES = ("params",)
+SET_PER_RUN = ("instance_data_dir", "instance_prompt", "output_dir")  # compare sets these for each run
 
 Log = Callable[[str], None]
 
@@ -91,7 +92,7 @@ class SweepSpec:
             raise UserError(f"--max-prompts must be at least 1, not {self.max_prompts}")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise UserError(f"--output-dir '{self.output_dir}' is a file; give a folder")
-        for key in ("instance_data_dir", "instance_prompt", "output_dir"):
+        for key in SET_PER_RUN:
             if key in self.overrides:
                 raise UserError(f"--set {key}: compare sets it for each run (from the subject and --output-dir)")
         for variant, keys in self.variant_overrides.items():
@@ -104,7 +105,7 @@ class SweepSpec:
         for key in keys:
             if key.split(".")[0] not in known:
                 raise UserError(f"--set {variant}:{key}: unknown config key; see `dreamlr train --help`")
-            if key in ("instance_data_dir", "instance_prompt", "output_dir", "adapter.variant"):
+            if key in (*SET_PER_RUN, "adapter.variant"):
                 raise UserError(f"--set {variant}:{key}: compare sets it for each run")
             if key == "adapter.rank" and self.match and variant != self.variants[0]:
                 raise UserError(f"--set {variant}:adapter.rank: --match {self.match} chooses the rank of every "
