@@ -9,9 +9,14 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE is set (now or when huggingface_hub was imported)."""
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline(*, transformers: bool = False) -> bool:
+    """True when HF_HUB_OFFLINE is set (now or when huggingface_hub was imported); with `transformers`,
+    TRANSFORMERS_OFFLINE counts too, as it does for transformers' and datasets' loaders."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if transformers else ("HF_HUB_OFFLINE",)
+    return bool(constants.HF_HUB_OFFLINE) or any(os.environ.get(key, "").upper() in _TRUE for key in keys)
 
 
 def looks_like_path(source: str, file_suffixes: tuple[str, ...] = ()) -> bool:

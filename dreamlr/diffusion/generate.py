@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from dreamlr import __version__
 from dreamlr.adapters import adapter_layers, detach, load_adapter, read_adapter_header
 from dreamlr.diffusion.models import load_pipeline
+from dreamlr.devices import default_device
 from dreamlr.errors import UserError
 from dreamlr.images import sha256_file
 from dreamlr.evaluation.manifest import MANIFEST_NAME, ManifestEntry, write_manifest
@@ -155,7 +156,7 @@ def generate_folder(
         read_adapter_header(path)  # a missing or foreign file fails here, before any model work
         adapter_records.append({"path": str(Path(path).resolve()), "weight": weight, "sha256": sha256_file(path)})
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipe = load_pipeline(model, dtype=dtype, device=device)
     apply_adapters(pipe, adapters, weights, merge=settings.merge)

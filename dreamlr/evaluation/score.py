@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dreamlr.devices import default_device
 from dreamlr.errors import UserError
 from dreamlr.evaluation.cache import EmbeddingCache
 from dreamlr.evaluation.encoders import CLIP_DEFAULT, DINO_DEFAULT, ImageEncoder, load_clip, load_dino
@@ -62,7 +63,7 @@ def score_folder(
         for path in paths:  # every image must decode before any model work starts
             read_image(path, kind)
     reference_hashes = [sha256_file(p) for p in reference_paths]
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     clip_encoder, dino_encoder = load_clip(clip, device), load_dino(dino, device)
 
     gen_clip = _embed_paths(clip_encoder, generated_paths, "generated")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlr.errors import UserError
-from dreamlr.text.hub import hub_offline
+from dreamlr.hub import hub_offline
 
 SUFFIXES = (".tsv", ".csv", ".jsonl", ".json")
 CHOICE_COLUMNS = ("question", "choices", "answer")
@@ -145,7 +145,7 @@ def _read_dataset(spec: str, limit: int | None) -> list[Row]:
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise UserError(f"data file '{spec}' does not exist (a datasets split is written NAME:SPLIT or NAME:CONFIG:SPLIT)")
-    if hub_offline():
+    if hub_offline(transformers=True):
         raise UserError(f"data file '{spec}' does not exist locally, and the hub is offline for a datasets name")
     try:
         import datasets

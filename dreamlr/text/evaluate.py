@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from dreamlr.adapters import load_adapter
+from dreamlr.devices import default_device
 from dreamlr.errors import UserError
 from dreamlr.fileio import write_text
 from dreamlr.text.causal_lm import CausalLMTask
@@ -26,11 +26,6 @@ Task = ClassificationTask | CausalLMTask
 def make_task(config: TextTrainConfig, *, with_train: bool = True) -> Task:
     """The task object of `config.task`, its data read and checked."""
     return TASK_CLASSES[config.task](config, with_train=with_train)
-
-
-def default_device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def write_eval(path: Path, task: Task, model: nn.Module, details: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from dreamlr.errors import UserError
-from dreamlr.hub import looks_like_path
-from dreamlr.text.hub import hub_offline
+from dreamlr.hub import hub_offline, looks_like_path
 
 MINILM = "minilm"
 
@@ -34,7 +33,7 @@ def resolve_model(source: str) -> str:
         raise UserError(f"model '{source}' is a file; give a transformers model folder, a hub id or `minilm`")
     if looks_like_path(source):
         raise UserError(f"model '{source}': no such folder (give a transformers model folder, a hub id or `minilm`)")
-    if hub_offline():
+    if hub_offline(transformers=True):
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(source, "config.json"), str):

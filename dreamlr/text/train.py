@@ -23,11 +23,12 @@ from dreamlr.adapters import (
 )
 from dreamlr.adapters.attach import attach_to
 from dreamlr.adapters.config import AdapterConfigError
+from dreamlr.devices import default_device
 from dreamlr.errors import UserError
 from dreamlr.fileio import write_text, write_yaml
 from dreamlr.text.classification import ClassificationTask
 from dreamlr.text.config import TextTrainConfig
-from dreamlr.text.evaluate import EVAL_FILE, Task, default_device, make_task, write_eval
+from dreamlr.text.evaluate import EVAL_FILE, Task, make_task, write_eval
 from dreamlr.text.head import HEAD_FILE, load_head, save_head
 from dreamlr.training import (
     ADAPTER_FILE,
