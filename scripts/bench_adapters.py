@@ -7,6 +7,7 @@ same process on the same weights. Peak memory counts every tensor alive during o
 and input included): CUDA's allocator peak on a GPU, the profiler's memory timeline on the CPU.
 
     python scripts/bench_adapters.py                       # CPU, fp32
+    python scripts/bench_adapters.py --threads 1 --clock cpu   # CPU time: steadier on a shared machine
     python scripts/bench_adapters.py --device cuda --dtype bf16
 """
 
@@ -84,9 +85,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(blocks: dict[str, nn.Module], x: torch.Tensor, iters: int, warmup: int, device: str) -> dict[str, float]:
+def time_steps(blocks: dict[str, nn.Module], x: torch.Tensor, iters: int, warmup: int, device: str,
+               clock=time.perf_counter) -> dict[str, float]:
     """Median seconds of one forward+backward per method, the methods interleaved round by round
-    so that a busy machine slows them all alike."""
+    so that a busy machine slows them all alike. `clock`: wall time, or the process's CPU time."""
     for _ in range(warmup):
         for block in blocks.values():
             step(block, x)
@@ -94,10 +96,10 @@ def time_steps(blocks: dict[str, nn.Module], x: torch.Tensor, iters: int, warmup
     for _ in range(iters):
         for method, block in blocks.items():
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             step(block, x)
             sync(device)
-            times[method].append(time.perf_counter() - start)
+            times[method].append(clock() - start)
     return {method: statistics.median(values) for method, values in times.items()}
 
 
@@ -134,11 +136,17 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall time, or the process's CPU time (CPU only; with --threads 1 it is the "
+                             "step's own compute, whatever else the machine runs)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
+    if args.device == "cuda" and args.clock == "cpu":
+        parser.error("--clock cpu measures the CPU's work; on a GPU use wall time")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,7 +157,7 @@ def main() -> None:
         width, tokens = SHAPES[shape]
         x = make_input(width, tokens, args.batch, args.device, dtype)
         blocks = {method: build(method, width, args.rank, args.device, dtype) for method in methods}
-        seconds = time_steps(blocks, x, args.iters, args.warmup, args.device)
+        seconds = time_steps(blocks, x, args.iters, args.warmup, args.device, clock)
         memory = {m: float("nan") if args.no_memory else peak_memory(b, x, args.device) for m, b in blocks.items()}
         del blocks
         for method in methods:
@@ -164,7 +172,8 @@ def main() -> None:
                 "mem_x_peft_dora": memory[method] / memory["peft-dora"] if memory["peft-dora"] else float("nan"),
             })
     print(f"\nattention blocks, batch {args.batch}, rank {args.rank}, {args.device} {args.dtype}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.iters} steps\n")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.iters} steps "
+          f"({'CPU' if args.clock == 'cpu' else 'wall'} time)\n")
     print("| shape (width x tokens) | method | fwd+bwd ms | x base | x PEFT LoRA | x PEFT DoRA | peak MiB | mem x PEFT DoRA |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:

@@ -14,7 +14,7 @@ import yaml
 from dreamlr.cli import main
 from dreamlr.compare.matching import match_rank
 from dreamlr.compare.subjects import dreambench_subjects
-from dreamlr.compare.sweep import SweepSpec, plan_ranks, split_overrides, subject_prompts
+from dreamlr.compare.sweep import SweepSpec, plan_ranks, resolve_config, split_overrides, subject_prompts
 from dreamlr.diffusion import train as train_module
 from dreamlr.errors import UserError
 
@@ -51,8 +51,9 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
     return rows
 
 
-def shown(summary: dict) -> str:
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+def means(cells: list[str]) -> list[str]:
+    """The means of `mean ± half-width` cells."""
+    return [cell.split(" ± ")[0] for cell in cells]
 
 
 @pytest.fixture(scope="module")
@@ -89,19 +90,27 @@ def test_sweep_writes_reports_whose_table_matches_each_runs_score_json(sweep):
     for name in ("loss", "parameters", "grid-demo_subject", "subject-demo_subject"):
         assert (sweep / "figures" / f"{name}.png").is_file()
     rows = table_rows((sweep / "report.md").read_text())
-    for variant in ("lora", "dora"):
+    for variant, title in (("lora", "lora"), ("dora", "dora †")):  # † trained with its own --set keys
         record = json.loads((sweep / "results" / f"{variant}.json").read_text())
         scores = json.loads((sweep / "runs" / variant / "demo_subject" / "eval" / "scores.json").read_text())
         assert record["status"] == "done" and record["metrics"] == scores["overall"]
-        assert rows[variant][2:5] == [shown(scores["overall"][m]) for m in ("dino", "clip_i", "clip_t")]
-        assert record["trainable_parameters"] == int(rows[variant][1].replace(",", ""))
-        assert record["adapter_bytes"] == (sweep / "runs" / variant / "demo_subject" / "adapter.safetensors").stat().st_size
+        # one subject, one seed: the subject-weighted mean is the mean over its images
+        assert means(rows[title][2:5]) == [f"{scores['overall'][m]['mean']:.3f}" for m in ("dino", "clip_i", "clip_t")]
+        assert all(" ± " in cell for cell in rows[title][2:5])
+        assert record["trainable_parameters"] == int(rows[title][1].replace(",", ""))
+        adapter = sweep / "runs" / variant / "demo_subject" / "adapter.safetensors"
+        assert record["adapter_bytes"] == adapter.stat().st_size
         assert record["final_loss"] > 0 and record["train_seconds"] > 0 and record["peak_memory_mb"] > 0
+        assert record["adapter_memory_bytes"] == 16 * record["trainable_parameters"]  # fp32: param, grad, 2 moments
+        steps = record["subjects"][0]["step_seconds"]
+        assert steps["n"] == 3 and steps["p25"] <= steps["median"] <= steps["p75"]
         manifest = (sweep / record["subjects"][0]["images"] / "manifest.jsonl").read_text().splitlines()
         assert len(manifest) == 2
     base = json.loads((sweep / "base" / "demo_subject" / "scores.json").read_text())
-    assert rows["base model (no adapter)"][2:5] == [shown(base["overall"][m]) for m in ("dino", "clip_i", "clip_t")]
-    assert rows["real images (leave-one-out)"][2:4] == [shown(base["real_images"][m]) for m in ("dino", "clip_i")]
+    assert means(rows["base model (no adapter)"][2:5]) == [f"{base['overall'][m]['mean']:.3f}"
+                                                           for m in ("dino", "clip_i", "clip_t")]
+    assert means(rows["real images (leave-one-out)"][2:4]) == [f"{base['real_images'][m]['mean']:.3f}"
+                                                               for m in ("dino", "clip_i")]
 
     def seeds(folder: Path) -> list[int]:
         return [json.loads(line)["seed"] for line in (folder / "manifest.jsonl").read_text().splitlines()]
@@ -115,8 +124,31 @@ def test_per_variant_set_reaches_only_that_variants_runs_and_the_report(sweep):
         return config["learning_rate"]
     assert learning_rate("dora") == 0.02 and learning_rate("lora") == 0.01
     assert json.loads((sweep / "sweep.json").read_text())["variant_overrides"] == {"dora": {"learning_rate": 0.02}}
-    assert "Per-variant settings (on top of the shared ones): dora `learning_rate=0.02`." in (
-        sweep / "report.md").read_text()
+    report = (sweep / "report.md").read_text()
+    assert "Per-variant settings (on top of the shared ones): dora `learning_rate=0.02` (rows marked †)." in report
+    assert "| dora † | " in report and "| lora | " in report and "| 0.02 | attn |" in report
+
+
+def test_seeds_train_each_variant_per_seed_with_shared_image_seeds_and_the_reference_is_kept(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = compare_args(out, prompt_file(tmp_path), "lora,singlora", "--seeds", "0,1", "--reference", "singlora")
+    assert main(args) == 0
+    record = json.loads((out / "results" / "lora.json").read_text())
+    assert [(e["name"], e["seed"], e["status"]) for e in record["subjects"]] == [("demo_subject", 0, "done"),
+                                                                                ("demo_subject", 1, "done")]
+    for seed in (0, 1):
+        config = yaml.safe_load((out / "runs" / "lora" / f"seed-{seed}" / "demo_subject" / "config.yaml").read_text())
+        assert config["seed"] == seed
+
+    def image_seeds(folder: Path) -> list[int]:
+        return [json.loads(line)["seed"] for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    base = image_seeds(out / "base" / "demo_subject" / "images")
+    assert image_seeds(out / "runs/lora/seed-1/demo_subject/eval/images") == base  # pairs with the base model
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["seeds"] == [0, 1] and sweep["reference"] == "singlora"
+    report = (out / "report.md").read_text()
+    assert "Training seeds: 0, 1 (images use seed 0)." in report and "Δ DINO vs singlora" in report
+    assert "[lora] demo_subject (seed 1): trained" in capsys.readouterr().err
 
 
 def test_changing_a_per_variant_key_retrains_only_that_variant(sweep, calls, tmp_path, capsys):
@@ -126,6 +158,26 @@ def test_changing_a_per_variant_key_retrains_only_that_variant(sweep, calls, tmp
     assert calls == [("dora", None)]
     err = capsys.readouterr().err
     assert "[lora] demo_subject: reused" in err and "[dora] demo_subject: trained" in err
+
+
+def test_gpu_step_memory_is_the_allocator_peak_above_the_frozen_model(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dreamlr.compare import cells
+    from dreamlr.diffusion.models import load_components
+
+    parts = load_components("tiny")
+    weights = sum(p.numel() for m in (parts.unet, parts.vae, parts.text_encoder) for p in m.parameters())
+    assert cells.frozen_model_mb("tiny", "no") == weights * 4 / 2**20
+    assert cells.frozen_model_mb("tiny", "fp16") == weights * 2 / 2**20
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "peak_memory_mb": 1000.0}\n'
+                                            '{"step": 2, "peak_memory_mb": 1200.0}\n')
+    config = SimpleNamespace(pretrained_model_name_or_path="m", mixed_precision="fp16")
+    monkeypatch.setattr(cells, "frozen_model_mb", lambda model, precision: 900.0)
+    monkeypatch.setattr(cells.torch.cuda, "is_available", lambda: False)
+    assert cells.gpu_step_memory(config, tmp_path) == {}  # a CPU's resident set says nothing of the adapter
+    monkeypatch.setattr(cells.torch.cuda, "is_available", lambda: True)
+    assert cells.gpu_step_memory(config, tmp_path) == {"frozen_model_mb": 900.0, "step_memory_mb": 300.0}
 
 
 def test_split_overrides_tells_shared_keys_from_one_variants():
@@ -179,7 +231,7 @@ def test_a_failing_variant_is_reported_and_the_others_go_on(tmp_path, capsys):
     assert done["status"] == "done" and done["rank"] == 3
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| dual_lora (failed) |" in report and "## Failures" in report and "rank 3 is odd" in report
-    assert table_rows(report)["lora"][2] == shown(done["metrics"]["dino"])
+    assert means(table_rows(report)["lora"][2:3]) == [f"{done['metrics']['dino']['mean']:.3f}"]
 
 
 def test_match_params_picks_ranks_with_near_equal_parameter_counts(tmp_path):
@@ -240,6 +292,16 @@ def test_dreambench_folder_gives_subjects_with_classes_and_their_prompt_list(tmp
     assert subjects[0].instance_prompt("sks") == "a photo of sks dog"
 
 
+def test_a_dreambench_folder_reached_through_a_symlink_is_recorded_resolved(tmp_path):
+    dreambench_like(tmp_path, {"dog": "dog"})
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "dataset", target_is_directory=True)
+    subjects = dreambench_subjects(link)
+    spec = SweepSpec(config_file=None, variants=["lora"], subjects=subjects, output_dir=tmp_path / "out")
+    config = resolve_config(spec, "lora", subjects[0])
+    assert config.instance_data_dir == str((tmp_path / "dataset" / "dog").resolve()) == str((link / "dog").resolve())
+
+
 @pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="DreamBench data not present")
 def test_the_real_dreambench_folder_is_read_in_its_file_order():
     subjects = dreambench_subjects(DREAMBENCH)
@@ -257,7 +319,8 @@ def test_compare_on_a_dreambench_subject_trains_on_its_class_prompt(tmp_path):
             "--max-prompts", "1", "--num-images", "1", "--steps", "2", "--clip", "tiny", "--dino", "tiny", *FAST]
     assert main(args) == 0
     config = (tmp_path / "out" / "runs" / "lora" / "dog" / "config.yaml").read_text()
-    assert "instance_prompt: a photo of sks dog" in config and str(DREAMBENCH / "dog") in config
+    # dreamlr records the resolved folder: compare resolved, so the test passes when ../shared is a symlink
+    assert "instance_prompt: a photo of sks dog" in config and str((DREAMBENCH / "dog").resolve()) in config
     record = json.loads((tmp_path / "out" / "results" / "real_images.json").read_text())
     assert record["metrics"]["dino"]["n"] == len(list((DREAMBENCH / "dog").glob("*.jpg")))
 
@@ -267,7 +330,7 @@ def test_compare_on_a_dreambench_subject_trains_on_its_class_prompt(tmp_path):
     (["--subjects", "/no/such/subject"], "subject folder '/no/such/subject' does not exist"),
     (["--variants", "lora,lora"], "--variants names 'lora' twice"),
     (["--set", "output_dir=/tmp/x"], "--set output_dir: compare sets it"),
-    (["--set", "no_such_key=1"], "unknown config key(s) no_such_key"),
+    (["--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
     (["--max-prompts", "0"], "--max-prompts must be at least 1"),
     (["--set", "qlora:learning_rate=1"], "unknown variant 'qlora'"),
     (["--set", "d2lora:learning_rate=1"], "'d2lora' is not one of --variants (lora, dora)"),
@@ -275,6 +338,10 @@ def test_compare_on_a_dreambench_subject_trains_on_its_class_prompt(tmp_path):
     (["--set", "dora:adapter.variant=lora"], "--set dora:adapter.variant: compare sets it"),
     (["--match", "params", "--set", "dora:adapter.rank=2"], "chooses the rank of every variant but the first"),
     (["--num-images", "0"], "--num-images must be at least 1"),
+    (["--reference", "d2lora"], "--reference 'd2lora' is not one of --variants (lora, dora)"),
+    (["--seeds", "0,x"], "--seeds '0,x': 'x' is not a whole number >= 0"),
+    (["--seeds", "-1"], "'-1' is not a whole number >= 0"),
+    (["--seeds", "1,1"], "--seeds '1,1' names a seed twice"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, change, message):
     args = compare_args(tmp_path / "out", prompt_file(tmp_path))

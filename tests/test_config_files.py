@@ -2,6 +2,7 @@
 
 import pytest
 
+from dreamlr.cli import main
 from dreamlr.config_files import load_yaml, parse_set
 from dreamlr.diffusion.config import DreamBoothConfig
 from dreamlr.errors import UserError
@@ -44,9 +45,47 @@ def test_both_trainers_take_scientific_learning_rates_from_files_and_flags(tmp_p
     ({"max_train_steps": 1.5}, "config key 'max_train_steps' must be int"),
     ({"adapter": 3}, "config key 'adapter' must be a mapping"),
     ({"learning_rate": 1e-4, "learning_rate.x": 1}, "--set learning_rate.x: 'learning_rate' is not a mapping"),
-    ({"no_such_key": 1}, "unknown config key(s) no_such_key; see `dreamlr train --help`"),
+    ({"no_such_key": 1}, "unknown config key 'no_such_key'; `dreamlr train --list-keys` lists the known keys"),
+    ({"lerning_rate": 1, "sed": 2}, "unknown config keys 'lerning_rate', 'sed' (did you mean 'learning_rate'?)"),
+    ({"learning_rate": float("inf")}, "config key 'learning_rate' must be a finite number, got inf"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(UserError) as error:
         DreamBoothConfig.from_sources(None, {"instance_data_dir": "x", "instance_prompt": "a sks", **overrides})
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("word", ["no", "No", "NO", "yes", "on", "off", "y", "n", "Off"])
+def test_yaml_1_1_boolean_words_are_words(word):
+    assert load_yaml(word) == word and parse_set([f"class_prompt={word}"]) == {"class_prompt": word}
+
+
+def test_mixed_precision_no_as_documented_in_yaml_and_set(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("instance_data_dir: photos\ninstance_prompt: a photo of sks dog\nmixed_precision: no\n"
+                    "center_crop: off\nrandom_flip: yes\nvalidation_prompt: on\nadapter:\n  variant: d2lora\n"
+                    "  residual_after_projection: no\n")
+    config = DreamBoothConfig.from_sources(str(file))
+    assert (config.mixed_precision, config.center_crop, config.random_flip, config.validation_prompt) == (
+        "no", False, True, "on")
+    assert config.unet_adapter_config().residual_after_projection is False
+    overridden = DreamBoothConfig.from_sources(str(file), parse_set(["mixed_precision=no", "instance_prompt=yes",
+                                                                      "train_text_encoder=on"]))
+    assert (overridden.mixed_precision, overridden.instance_prompt, overridden.train_text_encoder) == (
+        "no", "yes", True)
+    text = TextTrainConfig.from_sources(None, parse_set(["labels=[no, yes]", "output_dir=off"]))
+    assert (text.labels, text.output_dir) == (["no", "yes"], "off")
+
+
+@pytest.mark.parametrize("command, keys", [
+    (["train"], ["learning_rate", "adam_weight_decay", "mixed_precision", "adapter.rank", "adapter.tau"]),
+    (["text", "train"], ["learning_rate", "weight_decay", "adapter.targets", "labels"]),
+])
+def test_list_keys_prints_every_key_with_type_and_default(command, keys, capsys):
+    assert main([*command, "--list-keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert lines[0].split() == ["key", "type", "default"] and set(keys) <= set(table)
+    assert table["learning_rate"][0] == "float" and table["adapter.rank"] == ["int", "8"]
+    if command == ["train"]:
+        assert table["mixed_precision"] == ["str", "no"] and table["adam_weight_decay"] == ["float", "0.01"]

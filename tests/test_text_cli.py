@@ -38,7 +38,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (["--targets", "to_q"], "target 'to_q' matches no module of BertForSequenceClassification"),
     (["--rank", "100000"], "rank 100000 is larger than module"),
     (["--task", "causal-lm", "--train", "{qa}"], "qa.jsonl' line 1: no column 'response' (columns: instruction, answer)"),
-    (["--set", "learning_rat=1e-4"], "unknown config key(s) learning_rat"),
+    (["--set", "learning_rat=1e-4"], "unknown config key 'learning_rat' (did you mean 'learning_rate'?)"),
     (["--resume", "/nonexistent/ckpt"], "checkpoint '/nonexistent/ckpt' not found"),
 ])
 def test_bad_train_input_exits_2_with_one_line(extra, message, tmp_path, tmp_path_factory, capsys):

@@ -141,7 +141,7 @@ def test_config_resolves_task_columns_and_reads_set_values(tmp_path):
     ({"adapter.variant": "lokr"}, "unknown adapter variant 'lokr'"),
     ({"adapter.rank": 3, "adapter.variant": "dual_lora"}, "rank 3 is odd"),
     ({"lr_scheduler": "step"}, "unknown lr_scheduler"),
-    ({"learning_rat": 1}, r"unknown config key\(s\) learning_rat"),
+    ({"learning_rat": 1}, r"unknown config key 'learning_rat' \(did you mean 'learning_rate'\?\)"),
 ])
 def test_bad_config_values(overrides, message):
     with pytest.raises(UserError, match=message):

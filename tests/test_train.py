@@ -33,6 +33,19 @@ def run_config(tmp_path: Path, **overrides) -> DreamBoothConfig:
     return DreamBoothConfig.from_sources(None, options)
 
 
+@pytest.mark.parametrize("variant", ["dual_lora", "lora"])
+def test_bf16_mixed_precision_trains_and_samples_from_the_cli(variant, tmp_path):
+    """bf16 on the CPU: Dual LoRA's own autograd function and the validation images (the prepared UNet hands
+    fp32 latents to a bf16 VAE) both work, as configs/sd15-dual-lora.yaml needs."""
+    code = main(["train", "--config", str(REPO / "configs" / "quickstart.yaml"), "--variant", variant,
+                 "--set", "mixed_precision=bf16", "--max-steps", "2", "--set", "validation_steps=2",
+                 "--set", "num_validation_images=1", "--set", "validation_inference_steps=2", "--set", "resolution=32",
+                 "--set", f"instance_data_dir={DEMO}", "--output-dir", str(tmp_path / "run")])
+    assert code == 0
+    assert (tmp_path / "run" / "samples" / "step-2" / "0.png").is_file()
+    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "run" / "adapter.safetensors").values())
+
+
 def generate(pipe, seed: int = 0):
     return pipe("a photo of sks mug", num_inference_steps=2, height=32, width=32, output_type="pt",
                 generator=torch.Generator().manual_seed(seed)).images
@@ -169,7 +182,7 @@ def corrupt_folder(tmp_path: Path) -> Path:
     (["--instance-dir", "{corrupt}"], "broken.jpg': cannot be read as an image"),
     (["--variant", "lokr"], "unknown adapter variant 'lokr'; known variants: lora, loraplus"),
     (["--rank", "100000"], "rank 100000 is larger than module"),
-    (["--set", "learning_rat=1e-4"], "unknown config key(s) learning_rat"),
+    (["--set", "learning_rat=1e-4"], "unknown config key 'learning_rat' (did you mean 'learning_rate'?)"),
     (["--set", "learning_rate"], "expected key=value"),
     (["--set", "resolution=30"], "multiple of 8"),
     (["--set", "max_train_steps=ten"], "config key 'max_train_steps' must be int"),

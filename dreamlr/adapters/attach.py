@@ -173,14 +173,53 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return params
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float = 0.0) -> list[dict]:
-    """Optimizer parameter groups for the adapter tensors, one per learning rate (LoRA+ B at λ·lr)."""
-    groups: dict[float, list[nn.Parameter]] = {}
+# Tensors kept out of weight decay: DoRA's magnitude is a per-row gain that starts at ‖W0‖_row, so decay
+# would pull the layer away from the base model (decay on the low-rank factors pulls it towards it).
+NO_DECAY: frozenset[str] = frozenset({"magnitude"})
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float | None = None) -> list[dict]:
+    """Optimizer parameter groups for the adapter tensors, one per learning rate (LoRA+ B at λ·lr).
+
+    Every adapter tensor gets `weight_decay` except those in NO_DECAY (DoRA's magnitude), which get 0;
+    `None` leaves the key out, so the optimizer's own value (e.g. `build_optimizer`'s) applies.
+    """
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for _, layer in adapter_layers(model):
         multipliers = layer.lr_multipliers()
         for tensor_name in layer.tensor_names:
-            groups.setdefault(lr * multipliers.get(tensor_name, 1.0), []).append(getattr(layer, tensor_name))
-    return [{"params": params, "lr": group_lr, "weight_decay": weight_decay} for group_lr, params in groups.items()]
+            key = (lr * multipliers.get(tensor_name, 1.0), tensor_name in NO_DECAY)
+            groups.setdefault(key, []).append(getattr(layer, tensor_name))
+    result = []
+    for (group_lr, no_decay), params in groups.items():
+        group = {"params": params, "lr": group_lr}
+        if no_decay:
+            group["weight_decay"] = 0.0
+        elif weight_decay is not None:
+            group["weight_decay"] = weight_decay
+        result.append(group)
+    return result
+
+
+def reconfigure(layer: AdapterLayer, config: AdapterConfig) -> None:
+    """Give an attached layer another config of its variant (what `load_adapter` does with a file's config).
+
+    The tensors stay (their shapes must already fit `config`); what the layer derives from its config —
+    scale, adapter dropout, and through `config` the ramps, τ, projection, STE — follows. A merged layer is
+    unmerged first and merged again with the new config.
+    """
+    if config == layer.config:
+        return
+    if config.variant != layer.config.variant:
+        raise AdapterConfigError(f"cannot give a {layer.config.variant} adapter a {config.variant} config")
+    was_merged = layer.merged
+    layer.unmerge()
+    layer.config = config
+    layer.scale = config.scale
+    dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+    layer.dropout = dropout.train(layer.training)
+    if was_merged:
+        layer.merge()
 
 
 def count_parameters(model: nn.Module) -> int:

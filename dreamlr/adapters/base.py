@@ -90,6 +90,24 @@ class AdapterLayer(nn.Module):
             return self.base_layer(x)
         return self._adapted_forward(x)
 
+    def _apply(self, fn, recurse: bool = True):
+        """`.to()`, `.half()`, `.double()`, `.cuda()`, …: the wrapped layer converts as usual, and the W0
+        kept for unmerge with it; the adapter's own tensors follow the device but stay fp32 (bf16 or
+        fp16 would round small updates away, and the adapter path computes in fp32)."""
+        if recurse:
+            for module in self.children():
+                module._apply(fn)
+        if self._w0 is not None:
+            self._w0 = fn(self._w0)
+
+        def keep_fp32(tensor: torch.Tensor) -> torch.Tensor:
+            converted = fn(tensor)
+            if tensor.dtype == torch.float32 and converted.dtype != torch.float32 and converted.is_floating_point():
+                return tensor.to(device=converted.device)
+            return converted
+
+        return super()._apply(keep_fp32, recurse=False)
+
     @property
     def merged(self) -> bool:
         return self._w0 is not None
@@ -180,12 +198,45 @@ def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_transformers_conv1d(module)
 
 
-def row_norm_sq(w0_sq: torch.Tensor, w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """‖W0 + up·down‖² per row from ‖W0‖², W0·downᵀ and down·downᵀ, never forming up·down.
+# A row's ‖W0 + up·down‖² from ‖W0‖² + 2·cross + quad carries an error of a few ulps of ‖W0‖² + quad
+# (which bounds |2·cross|): a row whose result falls below this fraction of it has cancelled and is
+# formed and summed exactly instead. On the CPU every such row is; elsewhere (no host sync) the
+# `_EXACT_ROWS` rows that cancel most in each layer, which covers any update short of cancelling
+# that many rows of one layer at once.
+_CANCELLED = 0.25
+_EXACT_ROWS = 32
 
-    ‖W0 + BA‖²_i = ‖W0‖²_i + 2 Σ_k B_ik (W0 Aᵀ)_ik + (B (A Aᵀ) Bᵀ)_ii.
+
+def row_sq(weight: torch.Tensor) -> torch.Tensor:
+    """‖W‖² per row in fp32 (one pass, no (out, in) temporary)."""
+    return torch.linalg.vector_norm(weight.to(torch.float32), dim=1).square()
+
+
+def row_norm_sq(w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                host_read: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(‖W0‖², ‖W0 + up·down‖²) per row in fp32, never forming up·down for the whole matrix.
+
+    ‖W0 + BA‖²_i = ‖W0‖²_i + 2 Σ_k B_ik (W0 Aᵀ)_ik + (B (A Aᵀ) Bᵀ)_ii; rows where that sum cancels
+    (an update that nearly cancels the row) are recomputed exactly from W0_i + (BA)_i. ‖W0‖² is
+    computed here, from the weight as it is now, so new base weights (`load_state_dict`) count at once.
+    `host_read` (default: on the CPU) fixes every cancelled row; without it, the `_EXACT_ROWS` worst.
     """
     w0 = w0.to(torch.float32)
+    w0_sq = row_sq(w0)
     cross = (up * (w0 @ down.t())).sum(dim=1)
     quad = ((up @ (down @ down.t())) * up).sum(dim=1)
-    return (w0_sq + 2.0 * cross + quad).clamp_min(0.0)
+    norm_sq = w0_sq + 2.0 * cross + quad
+    size = w0_sq + quad
+    cancelled = norm_sq < _CANCELLED * size
+    if host_read is None:
+        host_read = norm_sq.device.type == "cpu"  # where reading a value back costs nothing
+    if host_read:  # every cancelled row, and no extra work when none is
+        rows = cancelled.nonzero()[:, 0]
+        if rows.numel() == 0:
+            return w0_sq, norm_sq.clamp_min_(0.0)
+    else:  # no host sync: the rows that cancel most, replaced where they did cancel
+        share = norm_sq / size.clamp_min(torch.finfo(torch.float32).tiny)
+        rows = share.topk(min(_EXACT_ROWS, share.numel()), largest=False).indices
+    exact = row_sq(torch.addmm(w0[rows], up[rows], down))
+    norm_sq = norm_sq.index_copy(0, rows, torch.where(cancelled[rows], exact, norm_sq[rows]))
+    return w0_sq, norm_sq.clamp_min_(0.0)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from dreamlr.config_files import BOOL_WORDS
 from dreamlr.errors import UserError
 
 VARIANTS: tuple[str, ...] = ("lora", "loraplus", "dora", "singlora", "dual_lora", "d2lora")
@@ -80,6 +82,17 @@ class AdapterConfig:
                 )
         elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise fail(f"adapter targets must be a preset name or a non-empty list of names, got {self.targets!r}")
+        for key in ("lora_dropout", "lr_ratio", "init_std", "tau"):
+            value = getattr(self, key)
+            if not _is_number(value) or not math.isfinite(value):
+                raise fail(f"{key} must be a number, got {value!r}")
+        for key, choices in (("ste", STE_MODES), ("projection", PROJECTIONS)):
+            if not isinstance(getattr(self, key), str):
+                raise fail(f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
+        if not isinstance(self.residual_after_projection, bool):
+            raise fail(f"residual_after_projection must be true or false, got {self.residual_after_projection!r}")
+        if self.tau < 0:
+            raise fail(f"tau must be 0 or more, got {self.tau!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise fail(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if self.lr_ratio <= 0:
@@ -142,8 +155,18 @@ class AdapterConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise AdapterConfigError(f"unknown adapter option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise AdapterConfigError(f"unknown adapter option(s) {', '.join(unknown)}{hint}; "
+                                     f"known: {', '.join(sorted(known))}")
+        word = data.get("residual_after_projection")
+        if isinstance(word, str) and word.lower() in BOOL_WORDS:  # YAML 1.1's yes/no/on/off
+            data = {**data, "residual_after_projection": BOOL_WORDS[word.lower()]}
         return cls(**data)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:

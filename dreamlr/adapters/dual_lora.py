@@ -5,46 +5,120 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dreamlr.adapters.base import AdapterLayer
 from dreamlr.adapters.config import AdapterConfig
 
 
+# the fp32 number just above 1: hardtanh_backward passes the gradient on the open interval
+# (−_ABOVE_ONE, _ABOVE_ONE), which is |x| ≤ 1 for fp32 x
+_ABOVE_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(2.0)))
+
+
+def _no_autocast(tensor: torch.Tensor):
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def _factor_products(mag_B, mag_A, dir_B, dir_A, coef):  # noqa: N803 (paper's names)
+    """(relu(coef·B·A), D·C) in fp32; coef ≥ 0, so relu(coef·BA) = coef·relu(BA)."""
+    return torch.mm(mag_B * coef, mag_A).clamp_min_(0), torch.mm(dir_B, dir_A)
+
+
 class DualDelta(torch.autograd.Function):
     """ΔW = coef · ReLU(B·A) ⊙ Sign(D·C), Sign(x) = +1 where x > 0 else −1, with a straight-through
     gradient for Sign: `clip` passes it where |D·C| ≤ 1 (the gradient of clamp(x, −1, 1), the clipped
-    STE of binarized networks), `identity` everywhere.
+    STE of binarized networks), `identity` everywhere. With `base`, returns base + ΔW in the same buffer.
 
     Only the four factors are saved; B·A and D·C are recomputed in backward (r·out·in each), so the
-    dense products cost no activation memory.
+    dense products cost no activation memory. Runs in fp32 with autocast off in both directions (the
+    factors are fp32; under autocast the caller casts ΔW where it multiplies).
     """
 
     @staticmethod
-    def forward(ctx, mag_B, mag_A, dir_B, dir_A, coef, clip: bool):  # noqa: N803 (paper's names)
-        magnitude = (mag_B @ mag_A).clamp_min_(0)
-        positive = (dir_B @ dir_A) > 0
+    def forward(ctx, mag_B, mag_A, dir_B, dir_A, coef, clip: bool, base):  # noqa: N803 (paper's names)
+        with _no_autocast(mag_B):
+            magnitude, direction = _factor_products(mag_B, mag_A, dir_B, dir_A, coef)
+            # sgn(D·C) − ½ is +½ where D·C > 0, −½ or −1.5 elsewhere: its sign is Sign(D·C)
+            delta = magnitude.copysign_(direction.sgn_().sub_(0.5))
+            if base is not None:
+                delta = delta.add_(base)
         ctx.save_for_backward(mag_B, mag_A, dir_B, dir_A, coef)
         ctx.clip = clip
-        return torch.where(positive, magnitude, -magnitude).mul_(coef)
+        return delta
 
     @staticmethod
     def backward(ctx, grad):
         mag_B, mag_A, dir_B, dir_A, coef = ctx.saved_tensors
-        ba, dc = mag_B @ mag_A, dir_B @ dir_A
-        scaled = grad * coef
-        grad_ba = torch.where(dc > 0, scaled, -scaled).masked_fill_(ba <= 0, 0.0)
-        grad_dc = scaled.mul_(ba.clamp_min_(0))
-        if ctx.clip:
-            grad_dc.masked_fill_(dc.abs() > 1, 0.0)
-        return grad_ba @ mag_A.t(), mag_B.t() @ grad_ba, grad_dc @ dir_A.t(), dir_B.t() @ grad_dc, None, None
+        with _no_autocast(grad):
+            grad = grad.to(torch.float32)
+            magnitude, direction = _factor_products(mag_B, mag_A, dir_B, dir_A, coef)
+            # three out×in buffers in all (fresh large buffers cost page faults on the CPU)
+            grad_ba = magnitude.sgn()
+            grad_dc = magnitude.mul_(grad)  # G ⊙ coef·relu(BA)
+            if ctx.clip:  # in place: the open interval (−_ABOVE_ONE, _ABOVE_ONE) is |D·C| ≤ 1
+                torch.ops.aten.hardtanh_backward.grad_input(grad_dc, direction, -_ABOVE_ONE, _ABOVE_ONE,
+                                                            grad_input=grad_dc)
+            # G ⊙ Sign(D·C) ⊙ [B·A > 0]: sgn(relu(coef·BA)), given the sign of sgn(D·C) − ½
+            grad_ba.copysign_(direction.sgn_().sub_(0.5)).mul_(grad)
+            return ((grad_ba @ mag_A.t()).mul_(coef), (mag_B * coef).t() @ grad_ba,
+                    grad_dc @ dir_A.t(), dir_B.t() @ grad_dc, None, None, None)
+
+
+class DualLinear(torch.autograd.Function):
+    """y = x·(W0 + ΔW)ᵀ + b for a linear layer in fp32, ΔW as in `DualDelta`, with W0 and b frozen.
+
+    One matmul forward. It saves x and ΔW where F.linear would save x and W0 + ΔW (the same
+    memory), so backward reads Sign(D·C)·[B·A > 0] = sgn(ΔW) and coef·relu(B·A) = |ΔW| off ΔW
+    instead of recomputing B·A, and forms W0 + ΔW again, in a buffer it has done with, for the
+    input gradient. Backward: the weight gradient G = gᵀx (the one extra out×in matmul), then
+    grad(B·A) = G ⊙ sgn(ΔW) and grad(D·C) = clip(G ⊙ sgn(ΔW)) ⊙ ΔW, four thin matmuls, and
+    D·C recomputed only for the `clip` mask; three out×in buffers in all.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w0, bias, mag_B, mag_A, dir_B, dir_A, coef, clip: bool):  # noqa: N803 (paper's names)
+        magnitude, direction = _factor_products(mag_B, mag_A, dir_B, dir_A, coef)
+        if clip and direction.device.type == "cpu":  # (a host read costs nothing here) clip only if it clips
+            low, high = torch.aminmax(direction)
+            clip = bool(low < -1 or high > 1)
+        delta = magnitude.copysign_(direction.sgn_().sub_(0.5))
+        out = F.linear(x, torch.add(w0, delta, out=direction), bias)
+        ctx.save_for_backward(x, w0, delta, mag_B, mag_A, dir_B, dir_A, coef)
+        ctx.clip = clip
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w0, delta, mag_B, mag_A, dir_B, dir_A, coef = ctx.saved_tensors
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_w = flat_grad.t() @ x.reshape(-1, x.shape[-1])  # G
+        grad_ba = torch.sgn(delta).mul_(grad_w)
+        if ctx.clip:  # clip(G ⊙ sgn ΔW) ⊙ ΔW = clip(G) ⊙ |ΔW|, in the recomputed D·C's buffer
+            direction = torch.mm(dir_B, dir_A)
+            torch.ops.aten.hardtanh_backward.grad_input(grad_ba, direction, -_ABOVE_ONE, _ABOVE_ONE,
+                                                        grad_input=direction)
+            grad_dc = direction.mul_(delta)
+        else:
+            grad_dc = torch.mul(grad_ba, delta, out=grad_w)
+        grads = ((grad_ba @ mag_A.t()).mul_(coef), (mag_B * coef).t() @ grad_ba,
+                 grad_dc @ dir_A.t(), dir_B.t() @ grad_dc)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            weight = torch.add(w0, delta, out=grad_w if ctx.clip else grad_ba)
+            grad_x = (flat_grad @ weight).reshape(x.shape)
+        return (grad_x, None, None, *grads, None, None)
 
 
 class DualLoRALayer(AdapterLayer):
     """`dual_lora`: magnitude group mag_B (out, r1)·mag_A (r1, in), direction group dir_B (out, r2)·dir_A (r2, in).
 
     All four are Gaussian: the A factors with std 1/√in, the B factors with std `init_std`.
-    u(t) = min(t / warmup_steps, 1), so ΔW = 0 at step 0. The only variant with a dense ΔW.
+    u(t) = min(t / warmup_steps, 1), so ΔW = 0 at step 0. The only variant with a dense ΔW: in fp32
+    (no autocast, no dropout in training, frozen base) the layer multiplies by W0 + ΔW once — a
+    Linear through `DualLinear`, a Conv2d through `DualDelta` — otherwise the base layer runs as it
+    is and ΔW (fp32, from `DualDelta`) on the adapter path.
     """
 
     tensor_names = ("mag_B", "mag_A", "dir_B", "dir_A")
@@ -65,24 +139,30 @@ class DualLoRALayer(AdapterLayer):
         """u(t) at the current step."""
         return self.ramp(self.config.warmup_steps)
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW (out, in*kh*kw) in fp32, differentiable."""
+    def delta_weight(self, base: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW (out, in*kh*kw) in fp32, differentiable; `base` + ΔW when given (an fp32 matrix)."""
         r1, r2 = self.config.sub_ranks
         coef = self.warmup_factor() * (self.config.alpha / math.sqrt(r1 * r2))
-        return DualDelta.apply(self.mag_B, self.mag_A, self.dir_B, self.dir_A, coef, self.config.ste == "clip")
+        clip = self.config.ste == "clip"
+        return DualDelta.apply(self.mag_B, self.mag_A, self.dir_B, self.dir_A, coef, clip, base)
 
     def _adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta = self.delta_weight()
         if self._can_fuse(x):  # one matmul with W0 + ΔW instead of two
-            return self.apply_dense(x, self.w0 + delta, self.bias)
+            if not self.is_conv:
+                r1, r2 = self.config.sub_ranks
+                coef = self.warmup_factor() * (self.config.alpha / math.sqrt(r1 * r2))
+                return DualLinear.apply(x, self.w0, self.bias, self.mag_B, self.mag_A, self.dir_B, self.dir_A,
+                                        coef, self.config.ste == "clip")
+            return self.apply_dense(x, self.delta_weight(base=self.w0), self.bias)
         out = self.base_layer(x)
-        return out.add_(self.apply_dense(self.adapter_input(x), delta).to(out.dtype))
+        return out.add_(self.apply_dense(self.adapter_input(x), self.delta_weight()).to(out.dtype))
 
     def _can_fuse(self, x: torch.Tensor) -> bool:
         """W0 + ΔW is exact enough only in fp32, and needs the same input on both paths (no dropout)."""
         no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
         full_precision = x.dtype == self.w0.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
-        return no_dropout and full_precision
+        frozen = not any(p.requires_grad for p in self.base_layer.parameters())
+        return no_dropout and full_precision and frozen
 
     def merged_weight(self) -> torch.Tensor:
         return self.w0.float() + self.delta_weight()

@@ -9,11 +9,19 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from dreamlr import __version__
-from dreamlr.adapters.attach import adapter_configs, adapter_layers, attach_to, detach, get_step, set_step
+from dreamlr.adapters.attach import (
+    adapter_configs,
+    adapter_layers,
+    attach_to,
+    detach,
+    get_step,
+    reconfigure,
+    set_step,
+)
 from dreamlr.adapters.config import AdapterConfig, AdapterConfigError
 from dreamlr.errors import UserError
 from dreamlr.fileio import atomic_path
@@ -30,7 +38,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
     """Write the model's adapter tensors to `path` atomically (temp file, then rename).
 
     Keys are `<module path>.<tensor name>`; the header holds the configs, the step, dreamlr's
-    version and `metadata` (JSON-able; `base_model` is checked on load).
+    version and `metadata` (JSON-able; `base_model` is checked on load). The bytes are a function of
+    the tensors, configs and metadata only (keys in a fixed order), so identical runs give identical files.
     """
     tensors = {}
     for name, layer in adapter_layers(model):
@@ -44,13 +53,29 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "dreamlr_version": __version__,
-        "adapters": json.dumps(groups),
+        "adapters": json.dumps(groups, sort_keys=True),
         "step": str(get_step(model)),
-        "metadata": json.dumps(metadata or {}, default=str),
+        "metadata": json.dumps(metadata or {}, default=str, sort_keys=True),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=header)
+    with atomic_path(path) as tmp:  # the temp file already has the usual mode (0666 less the umask)
+        tmp.write_bytes(reproducible_safetensors(tensors, header))
     return Path(path)
+
+
+def reproducible_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A .safetensors file as bytes, with its JSON header in a fixed order: `__metadata__` first with its
+    keys sorted, then the tensors by name. (safetensors itself writes the metadata in hash-map order, which
+    changes from one process to the next.) The tensor data are safetensors' own."""
+    raw = safetensors_bytes(dict(sorted(tensors.items())), metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors pads the header with spaces to 8-byte alignment
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
 
 
 def read_adapter_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -68,18 +93,59 @@ def read_adapter_header(path: str | os.PathLike) -> dict[str, Any]:
             f"'{path}' is not a dreamlr adapter (no dreamlr header); "
             "a diffusers, PEFT or kohya LoRA file must be imported first"
         )
-    groups = [
-        (AdapterConfig.from_dict(group["config"]), list(group["modules"])) for group in json.loads(raw["adapters"])
-    ]
-    return {"groups": groups, "step": int(raw.get("step", 0)), "metadata": json.loads(raw.get("metadata", "{}")),
-            "dreamlr_version": raw.get("dreamlr_version")}
+    try:
+        return _parse_header(raw)
+    except AdapterConfigError as exc:
+        raise AdapterFileError(f"adapter file '{path}' holds a bad adapter config: {exc}") from None
+    except KeyError as exc:
+        raise AdapterFileError(f"adapter file '{path}' has a broken header: key {exc} is missing") from None
+    except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        message = " ".join(str(exc).split())
+        raise AdapterFileError(f"adapter file '{path}' has a broken header: {message}") from None
+
+
+def _parse_header(raw: dict[str, str]) -> dict[str, Any]:
+    """The header's strings as configs, modules, step and metadata; raises KeyError, TypeError or ValueError."""
+    groups = []
+    for group in _json_field(raw, "adapters", list):
+        if not isinstance(group, dict):
+            raise TypeError(f"`adapters` holds {type(group).__name__} {group!r}, not a {{config, modules}} object")
+        config = group["config"]
+        if not isinstance(config, dict):
+            raise TypeError(f"an adapter config is {type(config).__name__} {config!r}, not an object")
+        modules = group["modules"]
+        if not isinstance(modules, list) or not modules or not all(isinstance(m, str) for m in modules):
+            raise TypeError(f"`modules` must be a non-empty list of module names, got {modules!r}")
+        groups.append((AdapterConfig.from_dict(config), list(modules)))
+    if not groups:
+        raise ValueError("`adapters` is empty")
+    step = raw.get("step", "0")
+    if not step.isdigit():
+        raise ValueError(f"`step` must be a non-negative integer, got {step!r}")
+    metadata = _json_field(raw, "metadata", dict, default="{}")
+    return {"groups": groups, "step": int(step), "metadata": metadata, "dreamlr_version": raw.get("dreamlr_version")}
+
+
+def _json_field(raw: dict[str, str], key: str, kind: type, default: str | None = None) -> Any:
+    """One JSON-encoded header field, of type `kind`."""
+    text = raw[key] if default is None else raw.get(key, default)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"`{key}` is not valid JSON ({exc})") from None
+    if not isinstance(value, kind):
+        raise TypeError(f"`{key}` must be a JSON {'list' if kind is list else 'object'}, got {type(value).__name__}")
+    return value
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, *, base_model: str | None = None) -> list[str]:
     """Load an adapter file into `model`; returns the adapted module names.
 
-    With no adapter attached, attaches from the file's own configs; otherwise the attached
-    adapters must match the file's variant, modules and shapes. The first mismatch is an error.
+    With no adapter attached, attaches from the file's own configs. Otherwise the attached adapters
+    must match the file's modules, variants and shapes, and take the file's configs (α, τ, ramps, …),
+    so the loaded function is the saved one; merged layers are unmerged, loaded and merged again.
+    Everything is checked first (a misfit, a non-finite tensor: one error naming the first problem),
+    and the model is left as it was on any error.
     """
     header = read_adapter_header(path)
     file_base = header["metadata"].get("base_model")
@@ -90,37 +156,59 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, base_model: str |
         if attached_here:
             for config, names in header["groups"]:
                 attach_to(model, names, config)
-        _copy_tensors(path, model, header["groups"])
+        tensors = _read_tensors(path, model, header["groups"])
     except (AdapterConfigError, AdapterFileError) as exc:
         if attached_here:
             detach(model)
         message = str(exc) if isinstance(exc, AdapterFileError) else f"adapter '{path}' does not fit this model: {exc}"
         raise AdapterFileError(message) from None
+    configs = {name: config for config, names in header["groups"] for name in names}
+    layers = dict(adapter_layers(model))
+    merged = [name for name, layer in layers.items() if layer.merged]
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.unmerge()
+            reconfigure(layer, configs[name])
+            for tensor_name in layer.tensor_names:
+                getattr(layer, tensor_name).copy_(tensors[f"{name}.{tensor_name}"])
     set_step(model, header["step"])
-    return [name for name, _ in adapter_layers(model)]
+    for name in merged:  # after set_step: ramps and warm-ups enter W'
+        layers[name].merge()
+    return list(layers)
 
 
-def _copy_tensors(path: str | os.PathLike, model: nn.Module, groups: list[tuple[AdapterConfig, list[str]]]) -> None:
-    """Check the attached adapters against the file, then copy the file's tensors in."""
+def _read_tensors(path: str | os.PathLike, model: nn.Module,
+                  groups: list[tuple[AdapterConfig, list[str]]]) -> dict[str, torch.Tensor]:
+    """Check the attached adapters against the file and read its tensors; changes nothing in the model."""
     layers = dict(adapter_layers(model))
     _check_layers(path, layers, groups)
-    with safe_open(path, framework="pt") as handle, torch.no_grad():
-        in_file = set(handle.keys())
-        for module_name, layer in layers.items():
-            for tensor_name in layer.tensor_names:
-                key = f"{module_name}.{tensor_name}"
-                if key not in in_file:
-                    raise AdapterFileError(f"adapter '{path}': tensor {key!r} is missing from the file")
-                param, tensor = getattr(layer, tensor_name), handle.get_tensor(key)
-                if tuple(tensor.shape) != tuple(param.shape):
-                    raise AdapterFileError(
-                        f"adapter '{path}': {key} has shape {tuple(tensor.shape)} in the file "
-                        f"but {tuple(param.shape)} in the model"
-                    )
-                param.copy_(tensor)
-                in_file.discard(key)
-        if in_file:
-            raise AdapterFileError(f"adapter '{path}': tensor {sorted(in_file)[0]!r} has no place in this model")
+    tensors = {}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            in_file = set(handle.keys())
+            for module_name, layer in layers.items():
+                for tensor_name in layer.tensor_names:
+                    key = f"{module_name}.{tensor_name}"
+                    if key not in in_file:
+                        raise AdapterFileError(f"adapter '{path}': tensor {key!r} is missing from the file")
+                    param, tensor = getattr(layer, tensor_name), handle.get_tensor(key)
+                    if tuple(tensor.shape) != tuple(param.shape):
+                        raise AdapterFileError(
+                            f"adapter '{path}': {key} has shape {tuple(tensor.shape)} in the file "
+                            f"but {tuple(param.shape)} in the model"
+                        )
+                    if not (tensor.is_floating_point() and torch.isfinite(tensor).all()):
+                        what = "NaN or infinite values" if tensor.is_floating_point() else f"{tensor.dtype} values"
+                        raise AdapterFileError(f"adapter '{path}': tensor {key!r} holds {what}; the file is unusable")
+                    tensors[key] = tensor
+                    in_file.discard(key)
+    except AdapterFileError:
+        raise
+    except Exception as exc:  # safetensors raises several types for a truncated or damaged file
+        raise AdapterFileError(f"adapter '{path}' could not be read ({' '.join(str(exc).split())})") from None
+    if in_file:
+        raise AdapterFileError(f"adapter '{path}': tensor {sorted(in_file)[0]!r} has no place in this model")
+    return tensors
 
 
 def _check_layers(path: str | os.PathLike, layers: dict[str, nn.Module],
@@ -136,6 +224,14 @@ def _check_layers(path: str | os.PathLike, layers: dict[str, nn.Module],
                 f"adapter '{path}': module {name!r} is {config.variant} in the file but "
                 f"{layer.config.variant} in the model"
             )
+        if config != layer.config:  # the file's config will replace the layer's: it must describe these tensors
+            expected = type(layer).param_count(config, layer.out_features, layer.in_features)
+            actual = sum(getattr(layer, t).numel() for t in layer.tensor_names)
+            if expected != actual:
+                raise AdapterFileError(
+                    f"adapter '{path}': the config of module {name!r} (rank {config.rank}) does not fit its "
+                    f"{actual} adapter parameters in this model"
+                )
     extra = next((name for name in layers if name not in in_file), None)
     if extra is not None:
         raise AdapterFileError(f"adapter '{path}': the model's adapter on {extra!r} is not in the file")

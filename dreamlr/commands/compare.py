@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"CLIP for CLIP-I / CLIP-T, as for `dreamlr score`, or `tiny` (default {CLIP_DEFAULT})")
     parser.add_argument("--dino", default=DINO_DEFAULT, metavar="SPEC",
                         help=f"DINO model, as for `dreamlr score`, or `tiny` (default {DINO_DEFAULT})")
+    parser.add_argument("--reference", metavar="VARIANT",
+                        help="the variant the report's paired differences and bold cells compare against "
+                             "(default: the first of --variants)")
+    parser.add_argument("--seeds", metavar="S1,S2,…",
+                        help="train every variant once per seed (e.g. 0,1,2); the report's intervals then include "
+                             "seed variation (default: the config's seed, one run)")
     parser.add_argument("--set", action="append", default=[], metavar="[VARIANT:]KEY=VALUE",
                         help="config key for every run, e.g. --set max_train_steps=400 --set adapter.rank=4, or for "
                              "one variant's runs, e.g. --set loraplus:learning_rate=5e-5 (repeatable)")
@@ -52,9 +58,31 @@ def _names(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    """--seeds `0,1,2` as distinct whole numbers >= 0 (None when not given)."""
+    from dreamlr.errors import UserError
+
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    bad = next((part for part in parts if not part.isdigit()), None)
+    if bad is not None:
+        raise UserError(f"--seeds {text!r}: {bad!r} is not a whole number >= 0; give e.g. --seeds 0,1,2")
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"--seeds {text!r} names a seed twice")
+    return seeds
+
+
 def run(args: argparse.Namespace) -> int:
+    from dreamlr.commands._checks import check_finite, check_input_folders
     from dreamlr.compare.subjects import dreambench_subjects, subjects_from_dirs
     from dreamlr.errors import UserError
+    from dreamlr.images import image_files, read_image
+
+    check_finite(args, "guidance")
+    seeds = parse_seeds(args.seeds)
+    check_input_folders("--subjects", _names(args.subjects))
 
     if args.dreambench_subjects and not args.dreambench:
         raise UserError("--dreambench-subjects needs --dreambench DIR")
@@ -65,18 +93,22 @@ def run(args: argparse.Namespace) -> int:
         subjects = dreambench_subjects(args.dreambench, _names(args.dreambench_subjects))
     else:
         subjects = subjects_from_dirs(_names(args.subjects), _names(args.class_name))
+    for subject in subjects:  # a broken subject image fails here, named as such, before any work
+        for path in image_files(subject.images, "subject"):
+            read_image(path, "subject")
 
     from dreamlr.compare.sweep import SweepSpec, run_sweep, split_overrides
     from dreamlr.report.data import load
     from dreamlr.report.tables import main_table, to_markdown
 
-    output_dir = Path(args.output_dir).expanduser()
+    output_dir = Path(args.output_dir).expanduser().resolve()  # `missing/../x` is x
     overrides, variant_overrides = split_overrides(args.set)
     spec = SweepSpec(config_file=args.config, variants=_names(args.variants), subjects=subjects,
                      output_dir=output_dir, overrides=overrides, variant_overrides=variant_overrides,
                      prompts=args.prompts,
                      max_prompts=args.max_prompts, token=args.token, num_images=args.num_images, steps=args.steps,
-                     guidance=args.guidance, clip=args.clip, dino=args.dino, match=args.match)
+                     guidance=args.guidance, clip=args.clip, dino=args.dino, match=args.match,
+                     reference=args.reference, seeds=seeds)
     results = run_sweep(spec)
     print(to_markdown(main_table(load([output_dir]))), end="")
     print(f"report: {output_dir / 'report.html'} (and report.md)")

@@ -18,17 +18,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the base model the adapter was trained on (default: the one it records)")
     parser.add_argument("--rank", type=int,
                         help="re-factor every layer by truncated SVD at this rank (dual_lora, d2lora, and dora "
-                             "in kohya, are always SVD-exported: by default at the rank of a LoRA with the "
+                             "in kohya, are always SVD-exported: by default at the smallest rank keeping 0.99 of the "
+                             "squared Frobenius norm of each layer's update, at least the rank of a LoRA with the "
                              "adapter's parameter count)")
     parser.add_argument("--energy", type=float, metavar="F",
                         help="re-factor every layer by truncated SVD at the smallest rank keeping F (e.g. 0.99) "
                              "of the squared Frobenius norm of its update")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output file, or what an existing --output folder holds")
 
 
 def run(args: argparse.Namespace) -> int:
+    from dreamlr.commands._checks import check_finite
     from dreamlr.export import export_adapter
 
+    check_finite(args, "energy")
     report = export_adapter(args.adapter, args.format, args.output, model=args.model, rank=args.rank,
-                            energy=args.energy)
+                            energy=args.energy, overwrite=args.overwrite)
     print("\n".join(report.lines()))
     return 0

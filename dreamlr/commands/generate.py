@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from dreamlr.errors import UserError
 from dreamlr.evaluation.dreambench import IMAGES_PER_PROMPT
@@ -38,14 +39,19 @@ def _weights(text: str | None, count: int) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(part) for part in text.split(",")]
+        weights = [float(part) for part in text.split(",")]
     except ValueError:
         raise UserError(f"--weights {text!r}: give {count} comma-separated numbers, e.g. 1,0.5") from None
+    if not all(math.isfinite(weight) for weight in weights):
+        raise UserError(f"--weights {text!r}: every weight must be a finite number")
+    return weights
 
 
 def run(args: argparse.Namespace) -> int:
+    from dreamlr.commands._checks import check_finite
     from dreamlr.evaluation.prompts import load_prompts
 
+    check_finite(args, "guidance")
     prompts = load_prompts(args.prompts, args.token, args.class_name)  # before the slow import below
     weights = _weights(args.weights, len(args.adapter))
     from dreamlr.diffusion.generate import Settings, generate_folder

@@ -21,12 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {DINO_DEFAULT})")
     parser.add_argument("--output", required=True, metavar="FILE.json",
                         help="report to write; the .md and .csv tables go beside it")
+    parser.add_argument("--overwrite", action="store_true", help="replace the report files if they exist")
 
 
 def run(args: argparse.Namespace) -> int:
+    from dreamlr.commands._checks import check_input_folders, check_output_file
+
+    check_output_file(args.output, "--output", "scores.json")
+    check_input_folders("--reference", [args.reference])
     from dreamlr.evaluation.score import score_folder
     from dreamlr.evaluation.tables import markdown_table
 
-    report = score_folder(args.generated, args.reference, args.output, clip=args.clip, dino=args.dino)
+    report = score_folder(args.generated, args.reference, args.output, clip=args.clip, dino=args.dino,
+                          overwrite=args.overwrite)
     print(markdown_table(report).split("\n## Per prompt")[0].rstrip())
     return 0

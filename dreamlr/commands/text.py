@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = actions.add_parser("train", help="train an adapter (and a classification head) on a text task",
                                description="Train an adapter on a text task. Flags and --set override --config.")
     train.add_argument("--config", help="YAML file of config keys; flags and --set override it")
+    train.add_argument("--list-keys", action="store_true", help="list every config key with its type and default")
     train.add_argument("--model", help="hub id, local transformers folder, or `minilm` (default)")
     train.add_argument("--task", choices=("classification", "causal-lm"), help="default: classification")
     train.add_argument("--train", metavar="FILE", help=".tsv/.csv/.jsonl file, or a datasets NAME[:CONFIG]:SPLIT")
@@ -63,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, help="default 0; two CPU runs with one seed are identical")
     train.add_argument("--output-dir", help="run folder")
     train.add_argument("--resume", metavar="latest|DIR", help="continue from the latest (or a given) checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete what --output-dir holds (only inside it) and train afresh")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config key, e.g. --set lr_scheduler=cosine --set adapter.tau=0.3 (repeatable)")
     train.set_defaults(text_run=_train)
@@ -103,15 +106,23 @@ def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dreamlr.config_files import parse_set
+    from dreamlr.commands._checks import check_resume
+    from dreamlr.config_files import list_keys, parse_set
     from dreamlr.text.config import TextTrainConfig
+
+    if args.list_keys:
+        from dreamlr.adapters import AdapterConfig
+
+        print(list_keys(TextTrainConfig, {"adapter": AdapterConfig}))
+        return 0
     from dreamlr.text.evaluate import EVAL_FILE
     from dreamlr.text.train import train
 
     overrides = _overrides(args, TRAIN_FLAGS)
     overrides.update(parse_set(args.set))
     config = TextTrainConfig.from_sources(args.config, overrides)
-    run_dir = train(config)
+    check_resume(config.output_dir, config.resume_from_checkpoint)
+    run_dir = train(config, overwrite=args.overwrite)
     print(f"adapter written to {run_dir / 'adapter.safetensors'}")
     if config.eval_file:
         print((run_dir / EVAL_FILE).read_text().strip())

@@ -21,6 +21,7 @@ FLAGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of config keys (see configs/); flags and --set override it")
+    parser.add_argument("--list-keys", action="store_true", help="list every config key with its type and default")
     parser.add_argument("--model", help="hub id, local diffusers folder, .safetensors/.ckpt file, or `tiny`")
     parser.add_argument("--instance-dir", help="folder of subject images (+ optional same-name .txt captions)")
     parser.add_argument("--instance-prompt", help="prompt with the rare token, e.g. 'a photo of sks dog'")
@@ -29,18 +30,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="optimizer steps (max_train_steps)")
     parser.add_argument("--output-dir", help="run folder")
     parser.add_argument("--resume", metavar="latest|DIR", help="continue from the latest (or a given) checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete what --output-dir holds (only inside it) and train afresh")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config key, e.g. --set learning_rate=5e-5 --set adapter.alpha=16 (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamlr.config_files import parse_set
+    from dreamlr.commands._checks import check_resume
+    from dreamlr.config_files import list_keys, parse_set
     from dreamlr.diffusion.config import DreamBoothConfig
+
+    if args.list_keys:
+        from dreamlr.adapters import AdapterConfig
+
+        print(list_keys(DreamBoothConfig, {"adapter": AdapterConfig}))
+        return 0
     from dreamlr.diffusion.train import train
 
     overrides = {key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None}
     overrides.update(parse_set(args.set))
     config = DreamBoothConfig.from_sources(args.config, overrides)
-    run_dir = train(config)
+    check_resume(config.output_dir, config.resume_from_checkpoint)
+    run_dir = train(config, overwrite=args.overwrite)
     print(f"adapter written to {run_dir / 'adapter.safetensors'}")
     return 0

@@ -5,8 +5,13 @@ Result files (`results/<label>.json` in a sweep folder) hold one record each:
 `{"kind": "variant" | "base_model" | "real_images", "label", "status": "done" | "partial" | "failed" |
 "pending", "error", "metrics": {clip_i|clip_t|dino: {mean, std, n}}, "subjects": [...]}`; variant
 records add `variant`, `rank`, `alpha`, `targets`, `trainable_parameters`, `target_parameters`,
-`train_seconds`, `peak_memory_mb`, `adapter_bytes` and `final_loss`. Paths are relative to the file's
-sweep folder.
+`train_seconds`, `step_seconds` (per subject: {median, p25, p75, n} over the run's optimizer steps),
+`adapter_memory_bytes` (the adapter's own training state: parameters, gradients and AdamW's two moments,
+computed from the adapter file), `peak_memory_mb` (GPU allocator peak, or the process's resident-set peak on
+a CPU; kept for reference, it is not the adapter's cost), `adapter_bytes`, `learning_rate` and `final_loss`;
+on a GPU each subject also has `step_memory_mb`, the allocator peak of its training steps minus the frozen
+model's weights (`frozen_model_mb`).
+Paths are relative to the file's sweep folder.
 """
 
 from __future__ import annotations
@@ -49,6 +54,31 @@ def adapter_parameters(path: str | os.PathLike) -> int:
         return sum(math.prod(handle.get_slice(name).get_shape()) for name in names)
 
 
+def adapter_memory_bytes(path: str | os.PathLike) -> int:
+    """The adapter's own training state in bytes: each stored tensor as a parameter, its gradient and AdamW's
+    two moments (four copies at the stored precision), read from the file header only."""
+    with safe_open(str(path), framework="pt") as handle:
+        return sum(4 * math.prod(handle.get_slice(name).get_shape())
+                   * _DTYPE_BYTES.get(handle.get_slice(name).get_dtype(), 4) for name in handle.keys())
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+
+
+def quartiles(values: list[float]) -> dict[str, Any] | None:
+    """{median, p25, p75, n} of some values (None when there are none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        position = q * (len(ordered) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return {"median": at(0.5), "p25": at(0.25), "p75": at(0.75), "n": len(ordered)}
+
+
 def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Cost and outcome of a finished run: trainable parameters, adapter size, summed step time, peak memory,
     final loss and its adapter settings."""
@@ -68,6 +98,9 @@ def training_record(run_dir: str | os.PathLike) -> dict[str, Any]:
         "trainable_parameters": adapter_parameters(adapter_file) if adapter_file.is_file() else None,
         "adapter_bytes": adapter_file.stat().st_size if adapter_file.is_file() else None,
         "train_seconds": round(sum(m.get("step_seconds", 0.0) for m in metrics), 3) if metrics else None,
+        "step_seconds": quartiles([m["step_seconds"] for m in metrics if "step_seconds" in m]),
+        "adapter_memory_bytes": adapter_memory_bytes(adapter_file) if adapter_file.is_file() else None,
+        "learning_rate": (config or {}).get("learning_rate"),
         "peak_memory_mb": max((m["peak_memory_mb"] for m in metrics if "peak_memory_mb" in m), default=None),
         "final_loss": sum(tail) / len(tail) if tail else None,
     }
@@ -107,7 +140,8 @@ def summarize_record(record: dict[str, Any], reports: list[dict[str, Any]]) -> d
                "error": _errors(record["subjects"]),
                "metrics": pooled_metrics(reports) if reports else None}
     if record["kind"] == "variant" and done:
-        summary.update({key: done[0][key] for key in ("rank", "alpha", "targets", "trainable_parameters")})
+        summary.update({key: done[0].get(key) for key in ("rank", "alpha", "targets", "trainable_parameters",
+                                                           "adapter_memory_bytes", "learning_rate")})
         summary.update(train_seconds=mean_of([e["train_seconds"] for e in done]),
                        peak_memory_mb=max((e["peak_memory_mb"] for e in done if e["peak_memory_mb"] is not None),
                                           default=None),

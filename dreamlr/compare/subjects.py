@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dreamlr.errors import UserError
 from dreamlr.evaluation.dreambench import SUBJECT_CLASSES
+from dreamlr.fileio import check_plain_name
 from dreamlr.images import image_files
 
 DREAMBENCH_INDEX = "prompts_and_classes.txt"
@@ -41,6 +42,7 @@ def subjects_from_dirs(folders: list[str], class_names: list[str] | None = None)
     for index, folder in enumerate(folders):
         path = Path(folder).expanduser().resolve()
         image_files(path, "subject")  # must exist and hold images
+        check_plain_name(path.name, f"subject folder '{folder}': its name")
         if class_names:
             class_name = class_names[index if len(class_names) > 1 else 0]
         elif path.name in SUBJECT_CLASSES:
@@ -80,7 +82,8 @@ def dreambench_subjects(root: str | os.PathLike, names: list[str] | None = None)
 
 
 def read_subject_classes(path: Path) -> dict[str, str]:
-    """subject name -> class noun from the `subject_name,class` block of `prompts_and_classes.txt`."""
+    """subject name -> class noun from the `subject_name,class` block of `prompts_and_classes.txt`; a subject
+    name must be a plain folder name (it names folders of the sweep)."""
     lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
     if _CLASS_HEADER not in lines:
         raise UserError(f"'{path}' has no '{_CLASS_HEADER}' line; is it DreamBooth's {DREAMBENCH_INDEX}?")
@@ -90,6 +93,7 @@ def read_subject_classes(path: Path) -> dict[str, str]:
             break
         name, sep, class_name = line.partition(",")
         if sep and name.strip() and class_name.strip():
+            check_plain_name(name.strip(), f"'{path}': subject")
             classes[name.strip()] = class_name.strip()
     return classes
 

@@ -3,7 +3,8 @@ image and scorer, plus the base model's row and the real-images row, then the re
 
 Sweep folder layout:
     sweep.json                       what was compared (variants, subjects, prompts, settings)
-    runs/<variant>/<subject>/        the DreamBooth run folder, and eval/ (images/, scores.json)
+    runs/<variant>/<subject>/        the DreamBooth run folder, and eval/ (images/, scores.json); with --seeds,
+                                     runs/<variant>/seed-<seed>/<subject>/ for each training seed
     base/<subject>/                  the base model's images/ and scores.json
     results/<label>.json             one record per variant, `base_model` and `real_images` (see records)
     report.md, report.html, figures/ the report (dreamlr.report)
@@ -24,7 +25,7 @@ from typing import Any
 
 from dreamlr.adapters import VARIANTS
 from dreamlr.compare import records
-from dreamlr.compare.cells import IMAGES_DIR, SCORES_FILE, evaluate, train_or_reuse
+from dreamlr.compare.cells import IMAGES_DIR, SCORES_FILE, evaluate, gpu_step_memory, train_or_reuse
 from dreamlr.compare.matching import ParameterCounter, match_rank
 from dreamlr.compare.subjects import Subject
 from dreamlr.config_files import parse_set
@@ -33,7 +34,7 @@ from dreamlr.diffusion.generate import Settings
 from dreamlr.errors import UserError
 from dreamlr.evaluation.dreambench import CLIP_DEFAULT, DINO_DEFAULT, IMAGES_PER_PROMPT
 from dreamlr.evaluation.prompts import Prompt, load_prompts
-from dreamlr.fileio import write_text
+from dreamlr.fileio import inside, is_temp_name, remove_stale_temps, write_text
 from dreamlr.report import build_report
 
 SWEEP_FILE = "sweep.json"
@@ -73,6 +74,8 @@ class SweepSpec:
     clip: str = CLIP_DEFAULT
     dino: str = DINO_DEFAULT
     match: str | None = None
+    reference: str | None = None  # the variant the report's differences are taken against (default: the first)
+    seeds: list[int] | None = None  # training seeds, one run per variant, subject and seed (default: the config's)
 
     def check(self) -> None:
         """Raise a UserError for a spec no sweep could run."""
@@ -86,12 +89,21 @@ class SweepSpec:
             raise UserError(f"--variants names {repeated[0]!r} twice")
         if not self.subjects:
             raise UserError("no subjects: give --subjects DIR1,DIR2 or --dreambench DIR")
+        if self.reference is not None and self.reference not in self.variants:
+            raise UserError(f"--reference {self.reference!r} is not one of --variants ({', '.join(self.variants)})")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) < len(self.seeds)
+                                       or min(self.seeds) < 0):
+            raise UserError(f"--seeds must list distinct whole numbers >= 0, not {self.seeds}")
         if self.match is not None and self.match not in MATCH_MODES:
             raise UserError(f"--match {self.match!r} is unknown; choose {', '.join(MATCH_MODES)}")
         if self.max_prompts is not None and self.max_prompts < 1:
             raise UserError(f"--max-prompts must be at least 1, not {self.max_prompts}")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise UserError(f"--output-dir '{self.output_dir}' is a file; give a folder")
+        held = [p for p in self.output_dir.iterdir() if not is_temp_name(p.name)] if self.output_dir.is_dir() else []
+        if held and not (self.output_dir / SWEEP_FILE).is_file():
+            raise UserError(f"--output-dir '{self.output_dir}' already holds files and is not a `dreamlr compare` "
+                            f"folder (no {SWEEP_FILE}); give a new or empty folder")
         for key in SET_PER_RUN:
             if key in self.overrides:
                 raise UserError(f"--set {key}: compare sets it for each run (from the subject and --output-dir)")
@@ -115,7 +127,12 @@ class SweepSpec:
 def run_sweep(spec: SweepSpec, log: Log = _stderr) -> list[dict[str, Any]]:
     """Run (or finish) the sweep, write its results and report; returns the variant records."""
     spec.check()
+    spec = dataclasses.replace(spec, output_dir=spec.output_dir.expanduser().resolve())  # no `..`, no link
     out = spec.output_dir
+    for folder in (out, out / RESULTS_DIR, out / BASE_DIR, out / RUNS_DIR):
+        inside(folder, out)  # no folder of the sweep may lead out of it
+    for folder in (out, out / RESULTS_DIR):
+        remove_stale_temps(folder)
     first = spec.subjects[0]
     shared = {s.name: resolve_config(spec, None, s) for s in spec.subjects}  # errors here are the user's
     prompts = {s.name: subject_prompts(spec, s) for s in spec.subjects}
@@ -129,7 +146,7 @@ def run_sweep(spec: SweepSpec, log: Log = _stderr) -> list[dict[str, Any]]:
         config = shared[subject.name]
         report = evaluate(out / BASE_DIR / subject.name, config.pretrained_model_name_or_path, prompts[subject.name],
                           generation_settings(spec, config), subject, encoders(spec),
-                          extra=_generation_extra(spec, subject))
+                          extra=_generation_extra(spec, subject), root=out)
         base_reports.append(report)
         base["subjects"].append({"name": subject.name, **_eval_entry(out, out / BASE_DIR / subject.name, report)})
         log(f"[base model] {subject.name}: {_scores_line(report['overall'])}")
@@ -149,37 +166,51 @@ def run_variant(spec: SweepSpec, variant: str, shared: dict[str, DreamBoothConfi
     if isinstance(planned, tuple):
         record.update(rank=planned[0], planned_parameters=planned[1], target_parameters=planned[2],
                       matched_to=spec.variants[0])
-    own: dict[str, dict[str, Any]] = {}
-    for subject in spec.subjects:
-        run_dir = out / RUNS_DIR / variant / subject.name
+    own: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for subject, seed in [(subject, seed) for subject in spec.subjects for seed in (spec.seeds or [None])]:
+        run_dir = run_folder(spec, variant, subject, seed)
         entry: dict[str, Any] = {"name": subject.name, "run_dir": _relative(run_dir, out)}
+        if seed is not None:
+            entry["seed"] = seed
+        name = subject.name if seed is None else f"{subject.name} (seed {seed})"
         try:
             if isinstance(planned, Exception):
                 raise planned
-            config = resolve_config(spec, variant, subject, planned[0] if planned else None)
-            how = train_or_reuse(config)
+            config = resolve_config(spec, variant, subject, planned[0] if planned else None, seed)
+            how = train_or_reuse(config, root=out)
             report = evaluate(run_dir / EVAL_DIR, config.pretrained_model_name_or_path, prompts[subject.name],
                               generation_settings(spec, shared[subject.name]), subject, encoders(spec),
-                              adapter=run_dir / "adapter.safetensors", extra=_generation_extra(spec, subject))
-            own[subject.name] = report
-            entry.update(records.training_record(run_dir), how=how, **_eval_entry(out, run_dir / EVAL_DIR, report))
-            log(f"[{variant}] {subject.name}: {how}; {_scores_line(report['overall'])}")
+                              adapter=run_dir / "adapter.safetensors", extra=_generation_extra(spec, subject),
+                              root=out)
+            own[subject.name, seed] = report
+            entry.update(records.training_record(run_dir), **gpu_step_memory(config, run_dir), how=how,
+                         **_eval_entry(out, run_dir / EVAL_DIR, report))
+            log(f"[{variant}] {name}: {how}; {_scores_line(report['overall'])}")
         except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the sweep
             entry.update(_failure(exc))
-            log(f"[{variant}] {subject.name}: failed: {entry['error']}")
+            log(f"[{variant}] {name}: failed: {entry['error']}")
         record["subjects"].append(entry)
         _write_record(out, records.summarize_record(record, list(own.values())))
     return records.summarize_record(record, list(own.values()))
 
 
-def resolve_config(spec: SweepSpec, variant: str | None, subject: Subject, rank: int | None = None
-                   ) -> DreamBoothConfig:
-    """The config of one run: config file < --set < --set VARIANT:… < the subject, the run folder, the variant
-    and its rank. With prior preservation, the class prompt follows the subject's class unless --set gives one."""
+def run_folder(spec: SweepSpec, variant: str | None, subject: Subject, seed: int | None = None) -> Path:
+    """Where a run of the sweep lives: runs/<variant>/<subject>, or runs/<variant>/seed-<seed>/<subject>."""
+    folder = spec.output_dir / RUNS_DIR / (variant or "_")
+    return (folder if seed is None else folder / f"seed-{seed}") / subject.name
+
+
+def resolve_config(spec: SweepSpec, variant: str | None, subject: Subject, rank: int | None = None,
+                   seed: int | None = None) -> DreamBoothConfig:
+    """The config of one run: config file < --set < --set VARIANT:… < the subject, the run folder, the variant,
+    its rank and its training seed (--seeds). With prior preservation, the class prompt follows the subject's
+    class unless --set gives one."""
     chosen = {**spec.overrides, **spec.variant_overrides.get(variant, {})} if variant else spec.overrides
     overrides = {**chosen, "instance_data_dir": str(subject.images),
                  "instance_prompt": subject.instance_prompt(spec.token),
-                 "output_dir": str(spec.output_dir / RUNS_DIR / (variant or "_") / subject.name)}
+                 "output_dir": str(run_folder(spec, variant, subject, seed))}
+    if seed is not None:
+        overrides["seed"] = seed
     if variant is not None:
         overrides["adapter.variant"] = variant
     if rank is not None:
@@ -211,7 +242,8 @@ def subject_prompts(spec: SweepSpec, subject: Subject) -> list[Prompt]:
 
 
 def generation_settings(spec: SweepSpec, config: DreamBoothConfig) -> Settings:
-    """Sampling settings shared by every row: the run's resolution and seed, the sweep's steps and guidance."""
+    """Sampling settings shared by every row: the run's resolution and seed (the shared config's, also with
+    --seeds, so every row's images start from the same noise), the sweep's steps and guidance."""
     settings = Settings(num_images=spec.num_images, steps=spec.steps, guidance=spec.guidance,
                         resolution=config.resolution, seed=config.seed)
     settings.check()
@@ -251,6 +283,8 @@ def sweep_summary(spec: SweepSpec, config: DreamBoothConfig, prompts: dict[str, 
     settings = generation_settings(spec, config)
     return {
         "variants": spec.variants,
+        "reference": spec.reference or spec.variants[0],
+        "seeds": spec.seeds,
         "ranks": {v: p[0] for v, p in plan.items() if isinstance(p, tuple)},
         "target_parameters": next((p[2] for p in plan.values() if isinstance(p, tuple)), None),
         "match": spec.match,

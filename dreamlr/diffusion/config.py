@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dreamlr.adapters import AdapterConfig
-from dreamlr.config_files import build_config, check_types
+from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
 from dreamlr.errors import UserError
 from dreamlr.training import LR_SCHEDULERS
 
@@ -76,6 +77,10 @@ class DreamBoothConfig:
         check_types(self)
         if not self.instance_data_dir:
             raise UserError("instance_data_dir is not set: give --instance-dir DIR")
+        if Path(self.instance_data_dir).expanduser().is_file():
+            raise UserError(f"instance_data_dir '{self.instance_data_dir}' is a file, not a folder; give the folder "
+                            "that holds the subject images (--instance-dir DIR)")
+        check_output_dir(self.output_dir)
         if not self.instance_prompt:
             raise UserError("instance_prompt is not set: give --instance-prompt 'a photo of sks dog'")
         if self.resolution < 8 or self.resolution % 8:
@@ -86,6 +91,7 @@ class DreamBoothConfig:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.learning_rate <= 0 or (self.text_encoder_lr is not None and self.text_encoder_lr <= 0):
             raise UserError("learning rates must be positive")
+        check_optimizer_keys(self, "adam_weight_decay")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise UserError(f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -96,6 +102,9 @@ class DreamBoothConfig:
             raise UserError(f"snr_gamma must be positive, got {self.snr_gamma}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise UserError(f"checkpoints_total_limit must be at least 1 or null, got {self.checkpoints_total_limit}")
+        from dreamlr.diffusion.models import refuse_sdxl
+
+        refuse_sdxl(self.pretrained_model_name_or_path)
         self.unet_adapter_config()
         if self.train_text_encoder:
             self.text_encoder_adapter_config()

@@ -37,7 +37,7 @@ from dreamlr.errors import UserError
 from dreamlr.images import sha256_file
 from dreamlr.evaluation.manifest import MANIFEST_NAME, ManifestEntry, write_manifest
 from dreamlr.evaluation.prompts import Prompt
-from dreamlr.fileio import atomic_dir
+from dreamlr.fileio import atomic_dir, remove_stale_temps
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -149,8 +149,7 @@ def generate_folder(
         raise UserError("no prompts to generate")
     weights = [1.0] * len(adapters) if weights is None else list(weights)
     _check_adapter_args(adapters, weights, settings.merge)
-    output_dir = Path(output_dir).expanduser()
-    _check_output_dir(output_dir)
+    output_dir = _check_output_dir(Path(output_dir).expanduser())
     adapter_records = []
     for path, weight in zip(adapters, weights):
         read_adapter_header(path)  # a missing or foreign file fails here, before any model work
@@ -192,11 +191,18 @@ def generate_folder(
     return entries
 
 
-def _check_output_dir(path: Path) -> None:
-    if path.exists() and not path.is_dir():
+def _check_output_dir(path: Path) -> Path:
+    """The output folder, resolved (a symlink to a folder is followed); a UserError unless it is new or empty.
+    Temp folders an interrupted run into it left beside it are removed."""
+    resolved = path.resolve()  # `missing/../x` is x, as the folder it would write
+    if resolved.exists() and not resolved.is_dir():
         raise UserError(f"--output-dir '{path}' is a file; give a new or empty folder")
-    if path.is_dir() and any(path.iterdir()):
+    if resolved.is_dir() and any(resolved.iterdir()):
         raise UserError(f"--output-dir '{path}' already holds files; give a new or empty folder")
+    if resolved.parent == resolved:
+        raise UserError(f"--output-dir '{path}' is the file system's root; give a new or empty folder")
+    remove_stale_temps(resolved.parent, resolved.name)
+    return resolved
 
 
 def _slug(text: str, limit: int = 48) -> str:

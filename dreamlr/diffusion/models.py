@@ -26,8 +26,12 @@ from dreamlr.errors import UserError
 from dreamlr.hub import hub_offline, looks_like_path
 
 TINY = "tiny"
+WORLD = "world"  # the world model dreamlr builds itself (dreamlr.world)
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_UNSUPPORTED = ("model '{source}' is Stable Diffusion XL, which dreamlr does not support yet; use a "
+                    "Stable Diffusion 1.x/2.x model (a hub id, diffusers folder or checkpoint) or `tiny`")
+SDXL_CHECKPOINT_PREFIXES = ("conditioner.embedders.1.", "text_encoder_2.")
 
 _TINY_SEED = 1234
 _TINY_WORDS = (
@@ -66,7 +70,16 @@ def tiny_resolution() -> int:
 
 def load_components(source: str, dtype: torch.dtype = torch.float32) -> Components:
     """Load (or, for `tiny`, build) a Stable Diffusion model's parts from any supported source."""
-    pipe = _tiny_pipeline() if source == TINY else _load_external(source, dtype)
+    if source == TINY:
+        pipe = _tiny_pipeline()
+    elif source == WORLD:  # built-in: the world model's folder (assets/world/model or $DREAMLR_WORLD_DIR/model)
+        from dreamlr.world.assets import world_part
+
+        pipe = _load_external(str(world_part("model")), dtype)
+    else:
+        pipe = _load_external(source, dtype)
+    if pipe.unet.config.get("addition_embed_type") == "text_time":  # SDXL that no file check caught
+        raise UserError(SDXL_UNSUPPORTED.format(source=source))
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         if model.dtype != dtype:  # only `tiny`: loaders already gave `dtype`
             model.to(dtype)
@@ -119,6 +132,7 @@ def load_pipeline(
 
 def _load_external(source: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     """Load a pipeline from a local folder, a single-file checkpoint or the hub."""
+    refuse_sdxl(source)
     path = Path(source).expanduser()
     no_safety = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if path.is_dir():
@@ -149,6 +163,52 @@ def _load_external(source: str, dtype: torch.dtype) -> StableDiffusionPipeline:
         lambda: StableDiffusionPipeline.from_pretrained(source, dtype=dtype, **no_safety),
         offline_reason="not fully cached, and the hub is offline; give a local path or `tiny`",
     )
+
+
+def refuse_sdxl(source: str) -> None:
+    """A UserError when `source` is an SDXL model (a diffusers folder, local or cached from the hub, or a
+    single .safetensors file), read from its configs or key names before any weights load: SDXL is not
+    supported yet, and training and sampling would fail at the first step."""
+    path = Path(source).expanduser()
+    if source == TINY:
+        return
+    if path.is_file():
+        if path.suffix.lower() == ".safetensors" and _single_file_is_sdxl(path):
+            raise UserError(SDXL_UNSUPPORTED.format(source=source))
+        return
+    if not path.is_dir() and not looks_like_path(source, CHECKPOINT_SUFFIXES):
+        try:
+            cached = try_to_load_from_cache(source, "model_index.json")
+        except Exception:  # noqa: BLE001 - not a valid hub id: the loader reports it
+            return
+        path = Path(cached).parent if isinstance(cached, str) else path
+    if path.is_dir():
+        _refuse_sdxl_folder(source, path)
+
+
+def _refuse_sdxl_folder(source: str, folder: Path) -> None:
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        unet = folder / "unet" / "config.json"
+        unet_config = json.loads(unet.read_text()) if unet.is_file() else {}
+    except (OSError, ValueError):
+        return  # the loader reports an unreadable folder
+    if not isinstance(index, dict) or not isinstance(unet_config, dict):
+        return
+    if ("XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index
+            or unet_config.get("addition_embed_type") == "text_time"):
+        raise UserError(SDXL_UNSUPPORTED.format(source=source))
+
+
+def _single_file_is_sdxl(path: Path) -> bool:
+    """Whether a single-file .safetensors checkpoint holds SDXL's second text encoder (its key names)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return any(key.startswith(SDXL_CHECKPOINT_PREFIXES) for key in handle.keys())
+    except Exception:  # noqa: BLE001 - not readable here: the loader reports it
+        return False
 
 
 def _guarded(

@@ -20,7 +20,7 @@ from dreamlr.images import IMAGE_SUFFIXES
 from dreamlr.diffusion.losses import dreambooth_loss
 from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
 from dreamlr.errors import UserError
-from dreamlr.fileio import atomic_path, cache_root, write_text, write_yaml
+from dreamlr.fileio import atomic_path, cache_root, inside, write_text, write_yaml
 from dreamlr.training import (
     ADAPTER_FILE,
     CheckpointManager,
@@ -29,12 +29,18 @@ from dreamlr.training import (
     build_lr_scheduler,
     build_optimizer,
     check_finite,
+    check_run_folder,
+    check_weights_finite,
     peak_memory_mb,
     progress,
+    start_run_folder,
     step_generator,
 )
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# keys a resumed run may change: how long it runs, how often it checkpoints and samples
+RESUME_MAY_CHANGE = ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "validation_prompt",
+                     "validation_steps", "num_validation_images", "validation_inference_steps")
 
 
 @dataclass
@@ -50,14 +56,24 @@ class LatentCache:
         return self.mean[indices] + self.std[indices] * noise
 
 
-def train(config: DreamBoothConfig) -> Path:
-    """Run DreamBooth with `config`; returns the run folder (DESIGN §3 layout)."""
-    run_dir = Path(config.output_dir)
+def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
+    """Run DreamBooth with `config`; returns the run folder (DESIGN §3 layout).
+
+    The folder must be new or empty, or hold this run when resuming with the same training keys;
+    `overwrite` deletes what it holds first."""
+    run_dir = Path(config.output_dir).expanduser().resolve()
     load_instance_images(config.instance_data_dir)  # fail on bad data before loading any model
     if config.class_data_dir and not config.with_prior_preservation:
         raise UserError("class_data_dir is set but with_prior_preservation is false; enable it or drop the folder")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    check_run_folder(run_dir, config.to_dict(), DreamBoothConfig().to_dict(), overwrite=overwrite,
+                     may_change=RESUME_MAY_CHANGE, inputs=(config.instance_data_dir, config.class_data_dir,
+                                                           config.pretrained_model_name_or_path))
+    checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit, config.mixed_precision)
+    resume_from = checkpoints.resolve(config.resume_from_checkpoint)
+    if resume_from is not None:
+        CheckpointManager.checkpoint_step(resume_from, config.max_train_steps)
     # one process may train several runs (dreamlr compare): let each choose its own precision
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -88,14 +104,13 @@ def train(config: DreamBoothConfig) -> Path:
     optimizer = build_optimizer(adapter_groups(optimizer_parts), beta1=config.adam_beta1, beta2=config.adam_beta2,
                                 weight_decay=config.adam_weight_decay, epsilon=config.adam_epsilon)
     lr_scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
-    checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit)
     start_step = 0
-    resume_from = checkpoints.resolve(config.resume_from_checkpoint)
     if resume_from is not None:
         start_step = CheckpointManager.load(resume_from, adapted, optimizer, lr_scheduler)
     set_step(adapted, start_step)
     unet, text_encoder, optimizer = accelerator.prepare(parts.unet, parts.text_encoder, optimizer)
 
+    start_run_folder(run_dir, overwrite)
     write_yaml(run_dir / "config.yaml", config.to_dict())
     metrics = MetricsLog(run_dir / "metrics.jsonl", start_step)
     metadata = run_metadata(config)
@@ -111,7 +126,7 @@ def train(config: DreamBoothConfig) -> Path:
             generator = step_generator(config.seed + accelerator.process_index, step, micro)
             torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))  # adapter dropout
             loss = micro_step(config, parts, unet, embed, instance, prior, generator, device, weight_dtype)
-            check_finite(loss.detach(), step + 1, checkpoints)
+            check_finite(loss.detach(), step + 1, checkpoints, config.mixed_precision)
             accelerator.backward(loss / config.gradient_accumulation_steps)
             losses.append(loss.item())
         if config.max_grad_norm:
@@ -130,10 +145,12 @@ def train(config: DreamBoothConfig) -> Path:
             if done % config.checkpointing_steps == 0 and done < config.max_train_steps:
                 checkpoints.save(done, adapted, optimizer, lr_scheduler, metadata)
             if done % config.validation_steps == 0 or done == config.max_train_steps:
-                save_samples(config, parts, run_dir / "samples" / f"step-{done}", device)
+                with accelerator.autocast():  # the prepared UNet returns fp32 latents to a bf16/fp16 VAE
+                    save_samples(config, parts, run_dir / "samples" / f"step-{done}", device)
                 unet.train()
     bar.close()
     if accelerator.is_main_process:
+        check_weights_finite(adapted, optimizer, config.max_train_steps, checkpoints, config.mixed_precision)
         save_adapter(adapted, run_dir / ADAPTER_FILE, metadata={**metadata, "step": config.max_train_steps})
         write_text(run_dir / "README.md", model_card(config, count_parameters(adapted)))
     return run_dir
@@ -244,6 +261,7 @@ def save_samples(config: DreamBoothConfig, parts: Components, folder: Path, devi
     pipe.set_progress_bar_config(disable=True)
     prompt = config.validation_prompt or config.instance_prompt
     generator = torch.Generator().manual_seed(config.seed)
+    inside(folder, Path(config.output_dir).expanduser())
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(config.num_validation_images):
         image = pipe(prompt, height=config.resolution, width=config.resolution,

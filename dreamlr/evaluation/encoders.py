@@ -3,12 +3,12 @@
 CLIP SPEC: `ARCH:PRETRAINED` (an open_clip architecture and pretrained tag, e.g. `ViT-B-32:openai`),
 `ARCH:FILE` (that architecture with a local weights file), `FILE` (ViT-B-32 with OpenAI's QuickGELU,
 the default's architecture), `FOLDER` (an open_clip model folder: `open_clip_config.json` + weights),
-or `tiny` (a small random CLIP for tests).
+`world` (world-CLIP, see dreamlr.world) or `tiny` (a small random CLIP for tests).
 DINO SPEC: a timm model name with its pretrained tag (e.g. `vit_small_patch16_224.dino`),
 `NAME:FILE` (that architecture with a local weights file, timm's or the original DINO format),
 `FILE` (the default's architecture, ViT-S/16, with those weights), `FOLDER` (a timm model folder:
 `config.json` + weights),
-or `tiny`.
+`world` (world-DINO) or `tiny`.
 Images are resized (shorter side, bicubic) to 256/224 of the model's input size, center-cropped to
 it, and normalized with the model's own mean and std.
 """
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -26,14 +28,17 @@ import timm
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from PIL import Image
+from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2 as T
 
 from dreamlr.errors import UserError
 from dreamlr.hub import hub_offline
 from dreamlr.evaluation.dreambench import CLIP_DEFAULT, DINO_DEFAULT
+from dreamlr.world.assets import world_part
 
 TINY = "tiny"
+WORLD = "world"  # world-CLIP / world-DINO, built by dreamlr itself (dreamlr.world)
 CLIP_FILE_ARCH = "ViT-B-32-quickgelu"  # architecture for a bare CLIP weights file
 DINO_FILE_ARCH = DINO_DEFAULT  # architecture (and normalization) for a bare DINO weights file
 RESIZE_RATIO = 256 / 224  # Resize 256, CenterCrop 224 at the standard input size
@@ -49,6 +54,7 @@ TINY_SEED = 0
 
 _Model = TypeVar("_Model", bound=torch.nn.Module)
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound="ImageEncoder")
 
 
 def preprocessing(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> T.Compose:
@@ -110,6 +116,8 @@ class ClipEncoder(ImageEncoder):
 
 def load_clip(spec: str = CLIP_DEFAULT, device: str | torch.device = "cpu") -> ClipEncoder:
     """The CLIP encoder a SPEC names (see the module docstring); a bad or unavailable SPEC is a UserError."""
+    if spec == WORLD:  # built-in: world-CLIP's open_clip folder, loaded as any FOLDER is
+        return _as_world(load_clip(str(world_part("clip")), device))
     if spec == TINY:
         model = _seeded(lambda: open_clip.CLIP(**TINY_CLIP_CONFIG))
         size = TINY_CLIP_CONFIG["vision_cfg"]["image_size"]
@@ -150,6 +158,8 @@ def load_clip(spec: str = CLIP_DEFAULT, device: str | torch.device = "cpu") -> C
 
 def load_dino(spec: str = DINO_DEFAULT, device: str | torch.device = "cpu") -> DinoEncoder:
     """The DINO encoder a SPEC names (see the module docstring); a bad or unavailable SPEC is a UserError."""
+    if spec == WORLD:  # built-in: world-DINO's timm folder, loaded as any FOLDER is
+        return _as_world(load_dino(str(world_part("dino")), device))
     if spec == TINY:
         model = _seeded(lambda: timm.models.VisionTransformer(**TINY_DINO_CONFIG))
         return DinoEncoder(model, spec, TINY_DINO_CONFIG["img_size"], IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
@@ -174,6 +184,12 @@ def load_dino(spec: str = DINO_DEFAULT, device: str | torch.device = "cpu") -> D
                        _file_identity(weights), device)
 
 
+def _as_world(encoder: _E) -> _E:
+    """An encoder loaded from the world's folder, named `world` (its cache key still tells builds apart)."""
+    encoder.spec = WORLD
+    return encoder
+
+
 def _timm_has_weights(name: str) -> bool:
     """Whether timm knows pretrained weights for this model name (with or without a tag)."""
     try:
@@ -190,10 +206,17 @@ def _seeded(build: Callable[[], _Model]) -> _Model:
 
 
 def _guarded(kind: str, spec: str, load: Callable[[], _T]) -> _T:
-    """Run a library loader, turning its failures into one-line UserErrors."""
+    """Run a library loader, turning its failures into one-line UserErrors (its warnings silenced: a file that
+    fails gets one line)."""
     try:
-        return load()
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load()
+    except (pickle.UnpicklingError, EOFError, SafetensorError) as e:
+        raise UserError(f"{kind} encoder '{spec}': not a weights file that can be read (a .safetensors file or a "
+                        f"torch state dict of plain tensors; {type(e).__name__}); check the file or give another "
+                        "SPEC") from None
+    except (OSError, RuntimeError, ValueError, KeyError, AttributeError, TypeError) as e:
         if hub_offline() and _missing_download(e):
             raise UserError(f"{kind} encoder '{spec}': weights not found locally, and the hub is offline; "
                             "give a local weights file or folder, or `tiny`") from None

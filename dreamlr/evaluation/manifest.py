@@ -36,6 +36,8 @@ class ManifestEntry:
 
 _REQUIRED = ("file", "prompt", "prompt_clean", "seed", "model")
 _KNOWN = {f.name for f in fields(ManifestEntry)}
+_TYPES = {"file": (str,), "prompt": (str,), "prompt_clean": (str,), "seed": (int,), "model": (str,),
+          "prompt_index": (int,), "image_index": (int,), "adapter": (list,), "settings": (dict,)}
 
 
 def write_manifest(path: str | os.PathLike, entries: list[ManifestEntry]) -> Path:
@@ -47,6 +49,8 @@ def write_manifest(path: str | os.PathLike, entries: list[ManifestEntry]) -> Pat
 def read_manifest(folder: str | os.PathLike) -> list[ManifestEntry]:
     """The entries of `folder/manifest.jsonl`; a missing, empty or malformed manifest is a UserError."""
     folder = Path(folder).expanduser()
+    if folder.is_file():
+        raise UserError(f"generated folder '{folder}' is a file; give the folder `dreamlr generate` wrote")
     if not folder.is_dir():
         raise UserError(f"generated folder '{folder}' does not exist")
     path = folder / MANIFEST_NAME
@@ -74,6 +78,11 @@ def _parse_line(path: Path, number: int, line: str) -> ManifestEntry:
     missing = [key for key in _REQUIRED if key not in record]
     if missing:
         raise UserError(f"{where} has no {', '.join(repr(k) for k in missing)}; the manifest is damaged")
+    for key, kinds in _TYPES.items():
+        value = record.get(key, kinds[0]())
+        if not isinstance(value, kinds) or (int in kinds and isinstance(value, bool)):
+            raise UserError(f"{where}: {key!r} must be {' or '.join(k.__name__ for k in kinds)}, not {value!r}; "
+                            "the manifest is damaged")
     entry = ManifestEntry(**{key: value for key, value in record.items() if key in _KNOWN})
     if not isinstance(entry.file, str) or Path(entry.file).is_absolute() or ".." in Path(entry.file).parts:
         raise UserError(f"{where}: 'file' must be a path inside the manifest's folder, not {entry.file!r}")

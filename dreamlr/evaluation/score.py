@@ -32,7 +32,7 @@ from dreamlr.evaluation.metrics import (
     text_similarity,
 )
 from dreamlr.evaluation.tables import csv_table, markdown_table
-from dreamlr.fileio import write_text
+from dreamlr.fileio import remove_stale_temps, resolve_parent, write_text
 
 BATCH_SIZE = 16
 METRICS = ("clip_i", "clip_t", "dino")
@@ -46,15 +46,18 @@ def score_folder(
     dino: str = DINO_DEFAULT,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score `generated` (a `dreamlr generate` folder) against the images in `reference`.
 
     Writes `output` (.json) and, beside it, the same name with .md and .csv; returns the JSON report.
-    Reference embeddings are cached under `cache_dir` (see `dreamlr.evaluation.cache`).
+    Reference embeddings are cached under `cache_dir` (see `dreamlr.evaluation.cache`). Existing report
+    files are replaced only with `overwrite`.
     """
-    output = Path(output).expanduser()
+    output = resolve_parent(output)
     if output.suffix.lower() != ".json":
         raise UserError(f"--output '{output}' must be a .json file (the .md and .csv tables go beside it)")
+    _check_outputs(output, overwrite)
     generated, reference = Path(generated).expanduser(), Path(reference).expanduser()
     entries = read_manifest(generated)
     generated_paths = _listed_images(generated, entries)
@@ -100,10 +103,28 @@ def score_folder(
         "models": _distinct(e.model for e in entries),
         "adapters": _distinct(e.adapter for e in entries),
     }
-    write_text(output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    write_text(output.with_suffix(".md"), markdown_table(report))
-    write_text(output.with_suffix(".csv"), csv_table(report))
+    json_file, md_file, csv_file = report_files(output)
+    write_text(json_file, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text(md_file, markdown_table(report))
+    write_text(csv_file, csv_table(report))
     return report
+
+
+def report_files(output: Path) -> list[Path]:
+    """The files `score_folder` writes for `output`: the JSON, then the .md and .csv tables beside it."""
+    return [output, output.with_suffix(".md"), output.with_suffix(".csv")]
+
+
+def _check_outputs(output: Path, overwrite: bool) -> None:
+    """Refuse report files that exist (without `overwrite`) or are folders; clear their stale temp files."""
+    for path in report_files(output):
+        if path.is_dir():
+            raise UserError(f"--output: '{path}' is a folder; give a .json file path whose .md and .csv are free")
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise UserError(f"--output: '{path}' already exists; choose another --output, or --overwrite to "
+                            "replace the report files")
+    for path in report_files(output):
+        remove_stale_temps(path.parent, path.name)
 
 
 def _listed_images(folder: Path, entries: list[ManifestEntry]) -> list[Path]:

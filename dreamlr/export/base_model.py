@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dreamlr.errors import UserError
+from dreamlr.export.naming import CLIP_PREFIX
 
 # tasks (dreamlr's, or PEFT's task_type) and the transformers classes they load
 TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
@@ -44,7 +45,31 @@ def _load_diffusion(source: str) -> BaseModel:
     dtype = torch.float32 if source == TINY else _stored_diffusion_dtype(source)
     pipe = load_pipeline(source, dtype=dtype)
     model = nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
-    return BaseModel(source, model, dtype, "diffusers", pipe.save_pretrained)
+
+    def save(folder: Path) -> None:
+        pipe.save_pretrained(folder)
+        _nest_clip_keys(pipe.text_encoder, folder / "text_encoder")
+
+    return BaseModel(source, model, dtype, "diffusers", save)
+
+
+def _nest_clip_keys(text_encoder: nn.Module, folder: Path) -> None:
+    """Rewrite a CLIPTextModel that transformers 5 saved flat (`encoder.…`) in the `text_model.…` layout:
+    transformers 4.x (sd-scripts' pin) reads only that one and would start from random weights, and 5 reads both."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if type(text_encoder).__name__ != "CLIPTextModel" or hasattr(text_encoder, "text_model"):
+        return  # transformers 4.x already saves text_model.…
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, framework="pt") as handle:
+            tensors = {CLIP_PREFIX + key: handle.get_tensor(key) for key in handle.keys()}
+            metadata = handle.metadata()
+        save_file(tensors, file, metadata=metadata)
+    for index_file in folder.glob("*.safetensors.index.json"):  # a sharded text encoder
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        index["weight_map"] = {CLIP_PREFIX + key: shard for key, shard in index["weight_map"].items()}
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _stored_diffusion_dtype(source: str) -> torch.dtype:

@@ -12,25 +12,28 @@ from dreamlr.adapters.attach import attach_to
 from dreamlr.adapters.base import is_adaptable
 from dreamlr.adapters.io import FORMAT as DREAMLR_FORMAT
 from dreamlr.errors import UserError
-from dreamlr.export import diffusers_lora, kohya, naming, peft_lora
+from dreamlr.export import diffusers_lora, kohya, layouts, naming, peft_lora
 from dreamlr.export.base_model import BaseModel, load_base
-from dreamlr.export.factors import LoRAFactors, layer_factors
+from dreamlr.export.factors import DEFAULT_ENERGY, LoRAFactors, layer_factors
 from dreamlr.export.files import read_safetensors
+from dreamlr.export.ldm import ldm_names
 from dreamlr.export.report import ExportReport, LayerResult
-from dreamlr.fileio import atomic_dir, atomic_path
+from dreamlr.fileio import atomic_dir, atomic_path, remove_stale_temps, resolve_parent
 
 FORMATS = ("diffusers", "peft", "kohya", "merged")
 
 
 def export_adapter(adapter_path: str | os.PathLike, format: str, output: str | os.PathLike,
-                   model: str | None = None, rank: int | None = None, energy: float | None = None) -> ExportReport:
+                   model: str | None = None, rank: int | None = None, energy: float | None = None,
+                   overwrite: bool = False) -> ExportReport:
     """Write a dreamlr adapter in `format` to `output` and say how exact it is.
 
     `model` is the base the adapter was trained on (default: the adapter's `base_model`).
     `lora`, `loraplus`, `singlora` and (outside kohya) `dora` export exactly; other variants,
     and any variant when `rank` or `energy` is given, by truncated SVD of W' − W0: at `rank`, at
-    the smallest rank keeping `energy` of ‖W' − W0‖²_F, or by default at the rank of a LoRA with
-    the adapter's parameter count.
+    the smallest rank keeping `energy` of ‖W' − W0‖²_F, or by default at the smallest rank keeping
+    0.99 of it (at least the rank of a LoRA with the adapter's parameter count). An existing `output`
+    is replaced only with `overwrite`.
     """
     _check_options(format, rank, energy)
     adapter_path = Path(adapter_path)
@@ -40,7 +43,7 @@ def export_adapter(adapter_path: str | os.PathLike, format: str, output: str | o
     if format in ("diffusers", "kohya") and not diffusion:
         raise UserError(f"adapter '{adapter_path}' is for a text model; the {format} format holds Stable Diffusion "
                         "adapters: use --format peft or merged")
-    output = _output_path(format, Path(output))
+    output = _output_path(format, Path(output), overwrite)
     base = _base_with_adapter(adapter_path, header, model, diffusion)
     variants = tuple(dict.fromkeys(config.variant for config, _ in header["groups"]))
     report = ExportReport(adapter=adapter_path, format=format, output=output, variants=variants, head=base.head)
@@ -59,14 +62,17 @@ def export_adapter(adapter_path: str | os.PathLike, format: str, output: str | o
     return report
 
 
-def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: str | None = None) -> Path:
+def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: str | None = None,
+                   overwrite: bool = False) -> Path:
     """Turn a diffusers / PEFT / kohya LoRA (file or PEFT folder) into a dreamlr adapter file.
 
     The format is told from the keys; layers with a DoRA magnitude become `dora`, the rest
     `lora`, at each layer's own rank and alpha. `model` (default: the base model the file
-    records) gives the module names and shapes the file must fit.
+    records) gives the module names and shapes the file must fit. An existing `output` (or the head file
+    beside it) is replaced only with `overwrite`.
     """
-    path, output = Path(path), Path(output)
+    path, output = Path(path), resolve_parent(output)
+    _check_new_file(output, overwrite)
     fmt, factors, full, recorded_base, task = _read_lora(path)
     source = model or recorded_base
     if not source:
@@ -74,7 +80,8 @@ def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: st
                         "(hub id, local folder, .safetensors file, or tiny)")
     diffusion = fmt != "peft" or naming.is_diffusion(factors)
     base = load_base(source, diffusion, {"task": task})
-    index = naming.ModuleIndex((n for n, m in base.model.named_modules() if is_adaptable(m)), diffusion)
+    ldm = ldm_names(base.model["unet"]) if diffusion else None  # kohya files may use original-SD UNet names
+    index = naming.ModuleIndex((n for n, m in base.model.named_modules() if is_adaptable(m)), diffusion, ldm)
     placed: dict[str, tuple[str, LoRAFactors]] = {}
     for file_name, f in factors.items():
         name = index.find(file_name, kohya=fmt == "kohya")
@@ -107,6 +114,7 @@ def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: st
             if name not in params:
                 raise UserError(f"'{path}': {name} (modules_to_save) is not a parameter of model '{source}'")
             _copy_tensor(f"'{path}': {name}", tensor, params[name], source)
+        _check_new_file(output.parent / HEAD_FILE, overwrite)
         metadata["head"] = str(save_head(base.model, sorted(full), output.parent / HEAD_FILE))
     return save_adapter(base.model, output, metadata=metadata)
 
@@ -144,22 +152,39 @@ def _truncation(rank: int | None, energy: float | None) -> str:
         return f"--rank {rank}, at most min(out, in)"
     if energy is not None:
         return f"smallest keeping {energy:g} of |dW|_F^2, --energy"
-    return "default: a LoRA with the adapter's parameter count; set --rank N or --energy F"
+    return (f"default: smallest keeping {DEFAULT_ENERGY:g} of |dW|_F^2, at least a LoRA with the adapter's parameter "
+            "count; set --rank N or --energy F")
 
 
-def _output_path(format: str, output: Path) -> Path:
-    """The file or folder an export writes; an existing non-empty folder is never replaced."""
+def _output_path(format: str, output: Path, overwrite: bool = False) -> Path:
+    """The file or folder an export writes; an existing file or non-empty folder is replaced only with
+    `overwrite`. Temp files an interrupted export of the same path left are removed."""
+    output = resolve_parent(output)
     if format == "diffusers" and output.suffix != ".safetensors":
+        if output.is_dir() and any(output.iterdir()) and not overwrite:
+            raise UserError(f"--output {output} is a folder that already holds files; give a new or empty folder, "
+                            "or --overwrite to replace its LoRA file")
         output = output / diffusers_lora.WEIGHT_NAME
     if format in ("diffusers", "kohya"):
         if output.suffix != ".safetensors":
             raise UserError(f"--output {output}: a {format} LoRA is one .safetensors file; give a path ending in "
                             ".safetensors")
-        if output.is_dir():
-            raise UserError(f"--output {output} is a folder; give a file path")
-    elif output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise UserError(f"--output {output} already exists and is not an empty folder; remove it or choose another")
+        _check_new_file(output, overwrite)
+    elif output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise UserError(f"--output {output} already exists and is not an empty folder; choose another, or "
+                        "--overwrite to replace it")
+    else:
+        remove_stale_temps(output.parent, output.name)
     return output
+
+
+def _check_new_file(output: Path, overwrite: bool) -> None:
+    """Refuse an output file path that is a folder, or that exists without `overwrite`; clear stale temps."""
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; give a file path")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        raise UserError(f"--output {output} already exists; choose another path, or --overwrite to replace it")
+    remove_stale_temps(output.parent, output.name)
 
 
 def _base_with_adapter(adapter_path: Path, header: dict, model: str | None, diffusion: bool) -> BaseModel:
@@ -210,7 +235,7 @@ def _read_lora(path: Path) -> tuple[str, dict[str, LoRAFactors], dict[str, torch
         return "kohya", factors, {}, header.get("base_model"), None
     if keys and all(k.startswith(peft_lora.PREFIX) for k in keys):
         raise UserError(f"'{path}' holds PEFT keys but no {peft_lora.CONFIG_FILE} beside it; give the PEFT folder")
-    if keys and all(k.split(".", 1)[0] in naming.COMPONENTS and ".lora_" in k for k in keys):
+    if layouts.has_lora_keys(keys):  # every diffusers layout; an unknown or unsupported key is named there
         factors, header = diffusers_lora.read(path)
         return "diffusers", factors, {}, header.get("base_model"), None
     raise UserError(f"'{path}' is not a LoRA file this importer knows (diffusers, PEFT or kohya); "
@@ -219,10 +244,18 @@ def _read_lora(path: Path) -> tuple[str, dict[str, LoRAFactors], dict[str, torch
 
 def _read_peft_folder(path: Path) -> tuple[str, dict[str, LoRAFactors], dict[str, torch.Tensor], str | None,
                                            str | None]:
-    """A PEFT adapter folder, or one subfolder per pipeline part (unet/, text_encoder/)."""
+    """A PEFT adapter folder (of a text model, or of one pipeline part: a UNet, or a folder named text_encoder),
+    or one subfolder per pipeline part (unet/, text_encoder/)."""
     if peft_lora.is_adapter_folder(path):
         factors, config, full = peft_lora.read(path)
-        return "peft", factors, full, config.get("base_model_name_or_path"), config.get("task_type")
+        component = naming.sd_component(factors, path.name)
+        if component is None:
+            return "peft", factors, full, config.get("base_model_name_or_path"), config.get("task_type")
+        if full:
+            raise UserError(f"'{path}' saves whole modules ({', '.join(config['modules_to_save'])}); "
+                            "a Stable Diffusion adapter can only be imported as LoRA layers")
+        factors = {f"{component}.{name}": f for name, f in factors.items()}
+        return "peft", factors, {}, config.get("base_model_name_or_path"), None
     parts = [c for c in naming.COMPONENTS if peft_lora.is_adapter_folder(path / c)]
     if not parts:
         raise UserError(f"'{path}' is a folder without {peft_lora.CONFIG_FILE} and {peft_lora.WEIGHTS_FILE} "

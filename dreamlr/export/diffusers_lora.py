@@ -2,30 +2,37 @@
 
 Keys `unet.<path>.lora_A.weight` / `.lora_B.weight` (+ `.lora_magnitude_vector.weight` for DoRA),
 `text_encoder.text_model.<path>…` likewise; the `lora_adapter_metadata` header holds each part's
-LoraConfig (r, lora_alpha, rank_pattern, alpha_pattern, …) so diffusers applies the right scale.
+LoraConfig (r, lora_alpha, …). The file written is a plain scale-1 LoRA of one rank (α/r folded into
+lora_B, smaller ranks padded with zeros), so readers that ignore the header (diffusers before it had
+one, ComfyUI) apply the same update as those that read it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from dreamlr.errors import UserError
-from dreamlr.export import naming
+from dreamlr.export import layouts, naming
 from dreamlr.export.factors import LoRAFactors
 from dreamlr.export.files import read_safetensors
-from dreamlr.export.peft_lora import lora_config, lora_tensors, module_alpha
+from dreamlr.export.peft_lora import lora_config, module_alpha
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
 
 
 def write(components: dict[str, dict[str, LoRAFactors]], path: Path, header: dict[str, str]) -> None:
-    """Write the factors of each pipeline part ("unet", "text_encoder"; names relative to it) to `path`."""
+    """Write the factors of each pipeline part ("unet", "text_encoder"; names relative to it) to `path`,
+    every layer as `plain(f, rank)` at the file's largest rank."""
+    rank = max(f.rank for factors in components.values() for f in factors.values())
     tensors, metadata = {}, {}
     for component, factors in components.items():
+        factors = {name: plain(f, rank) for name, f in factors.items()}
         for name, f in factors.items():
             key = f"{component}.{naming.file_path(component, name)}"
             tensors[f"{key}.lora_A.weight"] = f.down_weight.contiguous()
@@ -37,10 +44,24 @@ def write(components: dict[str, dict[str, LoRAFactors]], path: Path, header: dic
     save_file(tensors, path, metadata={**header, "format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
-def read(path: Path) -> tuple[dict[str, LoRAFactors], dict[str, str]]:
-    """(factors by `<part>.<path>` as the file names them, header) of a diffusers LoRA file.
+def plain(f: LoRAFactors, rank: int) -> LoRAFactors:
+    """The same update as a rank-`rank` LoRA with alpha = rank (scale 1): up·(alpha/r), zero-padded.
 
-    Without a `lora_adapter_metadata` header alpha = rank (diffusers' rule: scale 1).
+    A reader without the header takes alpha = r, and older diffusers take one alpha for all layers
+    (the first layer's rank), so only scale 1 at a single rank reads the same everywhere."""
+    pad = rank - f.rank
+    up = f.up * (f.alpha / f.rank)
+    return replace(f, down=torch.cat([f.down, f.down.new_zeros(pad, f.down.shape[1])]),
+                   up=torch.cat([up, up.new_zeros(up.shape[0], pad)], dim=1), alpha=float(rank))
+
+
+def read(path: Path) -> tuple[dict[str, LoRAFactors], dict[str, str]]:
+    """(factors by `<part>.<path>` as the file names them, header) of a diffusers LoRA file in any of its
+    layouts (`dreamlr.export.layouts`: lora_A/lora_B, the older lora.down/lora_linear_layer.down and
+    attention-processor names, keys without the `unet.` prefix).
+
+    alpha: an `<module>.alpha` tensor, else the `lora_adapter_metadata` header, else rank (diffusers'
+    rule: scale 1).
     """
     tensors, header = read_safetensors(path)
     try:
@@ -55,4 +76,4 @@ def read(path: Path) -> tuple[dict[str, LoRAFactors], dict[str, str]]:
         config = {k.removeprefix(f"{component}."): v for k, v in metadata.items() if k.startswith(f"{component}.")}
         return module_alpha(config, module, rank)
 
-    return lora_tensors(tensors, path, "", alpha_of), header
+    return layouts.factors(layouts.group(tensors, path), path, alpha_of), header

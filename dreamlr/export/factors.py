@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,9 @@ from dreamlr.export.svd import relative_error, truncated_svd
 
 # variants whose update is a LoRA product as it stands (DoRA too, where the format has DoRA)
 EXACT_VARIANTS = ("lora", "loraplus", "singlora")
+# an SVD export's default budget: per layer, keep this share of ‖W' − W0‖²_F (relative error ≤ √(1 − 0.99))
+DEFAULT_ENERGY = 0.99
+SVD_ALPHA = 1.0  # the alpha of SVD-exported layers
 
 
 @dataclass
@@ -70,8 +74,10 @@ def layer_factors(layer: AdapterLayer, rank: int | None = None, energy: float | 
     """`layer` as LoRA factors.
 
     Exact when neither `rank` nor `energy` is given and `is_exact(variant, dora)`; otherwise the
-    truncated SVD of W' − W0 (alpha = rank: scale 1) at `rank`, at the smallest rank keeping
-    `energy` of ‖W' − W0‖²_F, or by default at `matched_rank(layer)`.
+    truncated SVD of W' − W0 (alpha `SVD_ALPHA`, the factors scaled to match) at `rank`, at the
+    smallest rank keeping `energy` of ‖W' − W0‖²_F, or by default at the smallest rank keeping
+    `DEFAULT_ENERGY` of it but at least `matched_rank(layer)`. `error` is the exact
+    ‖ΔW − ΔW_r‖_F / ‖ΔW‖_F.
     """
     kernel = tuple(layer.base_layer.weight.shape[1:]) if layer.is_conv else ()
     config = layer.config
@@ -85,12 +91,17 @@ def layer_factors(layer: AdapterLayer, rank: int | None = None, energy: float | 
         return LoRAFactors(down=_cpu(down), up=_cpu(up), alpha=float(config.alpha), kernel=kernel,
                            magnitude=None if magnitude is None else _cpu(magnitude),
                            fan_in_fan_out=layer.transposed)
+    floor = 1
     if rank is None and energy is None:
-        rank = matched_rank(layer)
+        energy, floor = DEFAULT_ENERGY, matched_rank(layer)
     delta = _cpu(layer.merged_weight() - layer.w0.float())
-    up, down = truncated_svd(delta, rank=rank, energy=energy)
-    return LoRAFactors(down=down, up=up, alpha=float(down.shape[0]), kernel=kernel,
-                       fan_in_fan_out=layer.transposed, error=relative_error(delta, up @ down))
+    up, down = truncated_svd(delta, rank=rank, energy=energy, min_rank=floor)
+    error = relative_error(delta, up @ down)
+    # alpha 1 on every layer whatever its rank (sd-scripts' default network_alpha), √r in each factor: readers that
+    # take one alpha for a whole file (diffusers' kohya converter) then scale every layer right
+    root = math.sqrt(down.shape[0])
+    return LoRAFactors(down=down * root, up=up * root, alpha=SVD_ALPHA, kernel=kernel,
+                       fan_in_fan_out=layer.transposed, error=error)
 
 
 def matched_rank(layer: AdapterLayer) -> int:

@@ -6,18 +6,43 @@ and `<name>.alpha` (a scalar); the update is alpha/r · up·down. kohya has no D
 
 from __future__ import annotations
 
+import math
 import re
+import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from dreamlr.errors import UserError
-from dreamlr.export import naming
+from dreamlr.export import layouts, naming
 from dreamlr.export.factors import LoRAFactors
 from dreamlr.export.files import read_safetensors
 
-_KEY = re.compile(r"(lora_(?:unet|te\d?)_[^.]+)\.(lora_down\.weight|lora_up\.weight|alpha|dora_scale)$")
+
+# the layers sd-scripts' LoRA network (networks/lora.py) has modules for, so loads from a file: UNet layers inside
+# a Transformer2DModel, ResnetBlock2D, Downsample2D or Upsample2D block; text-encoder layers inside CLIPAttention
+# or CLIPMLP
+SD_SCRIPTS_LAYERS = {
+    "unet": re.compile(r"((down|up)_blocks\.\d+\.(attentions|resnets|downsamplers|upsamplers)"
+                       r"|mid_block\.(attentions|resnets))\.\d+\."),
+    "text_encoder": re.compile(r"(.*\.)?encoder\.layers\.\d+\.(self_attn|mlp)\."),
+}
+
+
+def sd_scripts_drops(components: dict[str, dict[str, LoRAFactors]]) -> list[str]:
+    """`<part>.<path>` of the layers sd-scripts ignores when it loads a kohya file (conv_in, conv_out,
+    time_embedding.*, …): it has no LoRA module for them."""
+    return [f"{component}.{name}" for component, factors in components.items() for name in factors
+            if component not in SD_SCRIPTS_LAYERS or not SD_SCRIPTS_LAYERS[component].match(name)]
+
+
+def file_alpha(components: dict[str, dict[str, LoRAFactors]]) -> float:
+    """One alpha for every layer of a kohya file: the most common one (√(αᵢ/α) folded into both factors of a layer
+    with another alpha, the same update). diffusers' kohya converter turns per-layer alphas into patterns that
+    match no module and then scales those layers with the first one's alpha."""
+    alphas = Counter(f.alpha for factors in components.values() for f in factors.values())
+    return alphas.most_common(1)[0][0] if alphas else 1.0
 
 
 def is_kohya(keys: list[str]) -> bool:
@@ -25,35 +50,28 @@ def is_kohya(keys: list[str]) -> bool:
 
 
 def write(components: dict[str, dict[str, LoRAFactors]], path: Path, header: dict[str, str]) -> None:
-    """Write the factors of each pipeline part ("unet", "text_encoder"; names relative to it) to `path`."""
+    """Write the factors of each pipeline part ("unet", "text_encoder"; names relative to it) to `path`;
+    a warning on stderr names the layers sd-scripts would drop."""
+    dropped = sd_scripts_drops(components)
+    if dropped:
+        total = sum(len(factors) for factors in components.values())
+        print(f"warning: sd-scripts ignores {len(dropped)} of the {total} layers of this kohya file (it applies "
+              "LoRA only inside Transformer2DModel, ResnetBlock2D, Down/Upsample2D, CLIPAttention and CLIPMLP "
+              f"blocks; diffusers and ComfyUI apply them): {', '.join(dropped)}", file=sys.stderr)
     tensors = {}
+    alpha = file_alpha(components)
     for component, factors in components.items():
         for name, f in factors.items():
             key = naming.kohya_name(component, name)
-            tensors[f"{key}.lora_down.weight"] = f.down_weight.contiguous()
-            tensors[f"{key}.lora_up.weight"] = f.up_weight.contiguous()
-            tensors[f"{key}.alpha"] = torch.tensor(f.alpha, dtype=torch.float32)
+            root = math.sqrt(f.alpha / alpha)  # 1 unless this layer's alpha differs from the file's
+            tensors[f"{key}.lora_down.weight"] = (f.down_weight * root if root != 1 else f.down_weight).contiguous()
+            tensors[f"{key}.lora_up.weight"] = (f.up_weight * root if root != 1 else f.up_weight).contiguous()
+            tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     save_file(tensors, path, metadata=header)
 
 
 def read(path: Path) -> tuple[dict[str, LoRAFactors], dict[str, str]]:
-    """(factors by kohya module name, header) of a kohya LoRA file; alpha = rank where `.alpha` is missing."""
+    """(factors by kohya module name, header) of a kohya LoRA or LyCORIS LoCon file (`lora_mid` Tucker cores
+    folded in); alpha = rank where `.alpha` is missing."""
     tensors, header = read_safetensors(path)
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        match = _KEY.match(key)
-        if match is None:
-            raise UserError(f"'{path}': key {key!r} is not a kohya LoRA tensor "
-                            "(lora_down.weight, lora_up.weight, alpha)")
-        if match[2] == "dora_scale":
-            raise UserError(f"'{path}': {match[1]} is a kohya DoRA layer (dora_scale), which cannot be imported; "
-                            "export it from its tool as a plain LoRA or as PEFT DoRA")
-        parts.setdefault(match[1], {})[match[2].split(".")[0]] = tensor
-    factors = {}
-    for name, part in parts.items():
-        if "lora_down" not in part or "lora_up" not in part:
-            raise UserError(f"'{path}': {name} lacks its lora_down or lora_up weight")
-        down, up = part["lora_down"], part["lora_up"]
-        alpha = float(part["alpha"]) if "alpha" in part else float(down.shape[0])
-        factors[name] = LoRAFactors.from_weights(down, up, alpha)
-    return factors, header
+    return layouts.factors(layouts.group(tensors, path), path, lambda name, rank: float(rank)), header

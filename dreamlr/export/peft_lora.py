@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from dreamlr.errors import UserError
+from dreamlr.export import naming
 from dreamlr.export.factors import LoRAFactors
 from dreamlr.export.files import read_safetensors
 
@@ -59,17 +60,26 @@ def module_alpha(config: dict[str, Any] | None, path: str, rank: int) -> float:
 def write(factors: dict[str, LoRAFactors], folder: Path, base_model: str,
           full: dict[str, torch.Tensor] | None = None, task_type: str | None = None) -> None:
     """One PEFT adapter folder for one model (`folder` must exist); `full` parameters (a trained task
-    head, by parameter name) go in whole, as PEFT's `modules_to_save`."""
+    head, by parameter name) go in whole, as PEFT's `modules_to_save`.
+
+    A Stable Diffusion CLIP text encoder (`folder` named text_encoder) is named `encoder.…` by
+    transformers 5 and `text_model.encoder.…` by 4.x, and PEFT loads only the keys of the model's own
+    layout (ignoring others): its tensors are written under both names, the config's in the flat
+    form, which PEFT matches as a suffix of either."""
     full = full or {}
+    clip = naming.sd_component(factors, folder.name) == "text_encoder"
+    if clip:
+        factors = {name.removeprefix(naming.CLIP_PREFIX): f for name, f in factors.items()}
     config = {"peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model, "bias": "none",
               "lora_dropout": 0.0, "inference_mode": True, **lora_config(factors),
               "modules_to_save": sorted({name.rsplit(".", 1)[0] for name in full}) or None}
     tensors = {f"{PREFIX}{name}": tensor.detach().to("cpu").contiguous() for name, tensor in full.items()}
     for name, f in factors.items():
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = f.down_weight.contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = f.up_weight.contiguous()
-        if f.magnitude is not None:
-            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = f.magnitude_weight.contiguous()
+        for key in (name, naming.CLIP_PREFIX + name) if clip else (name,):
+            tensors[f"{PREFIX}{key}.lora_A.weight"] = f.down_weight.clone().contiguous()
+            tensors[f"{PREFIX}{key}.lora_B.weight"] = f.up_weight.clone().contiguous()
+            if f.magnitude is not None:
+                tensors[f"{PREFIX}{key}.lora_magnitude_vector"] = f.magnitude_weight.clone().contiguous()
     save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

@@ -1,5 +1,6 @@
-"""Comparison reports: a metric table (mean ± std, best marked, base-model and real-images rows), loss
-curves, metric vs trainable parameters, image grids; as `report.md` and a self-contained `report.html`."""
+"""Comparison reports: a metric table (subject-weighted means ± 95 % bootstrap intervals, bold only beyond noise,
+base-model and real-images rows), paired differences, honest costs, loss curves, a Pareto plot, image grids and
+every generated image; as `report.md` and a self-contained `report.html`."""
 
 from dreamlr.report.build import build_report
 

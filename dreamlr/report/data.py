@@ -26,6 +26,10 @@ class Row:
     record: dict[str, Any]
     root: Path  # the folder the record's paths are relative to
     plain_run: bool = False  # a run folder given directly, not a sweep's row
+    group: str = ""  # the sweep it belongs to (rows are ranked only against rows of the same group)
+    own_settings: dict[str, Any] = field(default_factory=dict)  # its `--set VARIANT:key=value` keys
+    references_of: Row | None = None  # the real-images row: the base-model row whose score files list them
+    _scores: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def kind(self) -> str:
@@ -40,9 +44,81 @@ class Row:
         status = self.record.get("status")
         return self.label if status == "done" else f"{self.label} ({status})"
 
+    @property
+    def variant_name(self) -> str:
+        """The label without a sweep prefix."""
+        return self.record.get("label", self.label)
+
     def subject(self, name: str) -> dict[str, Any] | None:
-        """This row's entry for a subject, when it finished."""
-        return next((e for e in self.record["subjects"] if e["name"] == name and e.get("status") == "done"), None)
+        """This row's entry for a subject, when it finished (the first training seed's, with several)."""
+        return next(iter(self.entries(name)), None)
+
+    def entries(self, name: str | None = None) -> list[dict[str, Any]]:
+        """This row's finished entries (one per subject, or per subject and training seed), of one subject or
+        all."""
+        return [e for e in self.record.get("subjects", []) if e.get("status") == "done"
+                and (name is None or e["name"] == name)]
+
+    def score_report(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """An entry's score JSON (read once), when it has one."""
+        relative = entry.get("scores")
+        if not relative:
+            return None
+        if relative not in self._scores:
+            path = self.path(relative)
+            self._scores[relative] = _read_json(path) if path.is_file() else {}
+        return self._scores[relative] or None
+
+    def observations(self, metric: str, subject: str | None = None) -> dict[tuple, float]:
+        """Per-image scores keyed by (subject, prompt, training seed, image seed), for `dreamlr.report.stats`;
+        the real-images row gives each reference image's leave-one-out score (keyed by its file)."""
+        out: dict[tuple, float] = {}
+        if self.references_of is not None:
+            for entry in self.references_of.entries(subject):
+                for ref in (self.references_of.score_report(entry) or {}).get("references", []):
+                    if ref.get(metric) is not None:
+                        out[(entry["name"], ref["file"], None, 0)] = float(ref[metric])
+            return out
+        for entry in self.entries(subject):
+            for image in (self.score_report(entry) or {}).get("per_image", []):
+                if image.get(metric) is not None:
+                    out[(entry["name"], image["prompt"], entry.get("seed"), image["seed"])] = float(image[metric])
+        return out
+
+    def step_times(self) -> list[float]:
+        """Every optimizer step's seconds over this row's finished runs (their metrics.jsonl)."""
+        return [m["step_seconds"] for e in self.entries() if e.get("run_dir")
+                for m in records.read_metrics(self.path(e["run_dir"])) if "step_seconds" in m]
+
+    def all_images(self, subject: str) -> dict[str, list[tuple[Path, dict[str, Any]]]]:
+        """Every image this row generated for a subject (every training seed): prompt -> [(file, its scores)],
+        the scores from the score JSON (with `train_seed` added)."""
+        out: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+        for entry in self.entries(subject):
+            if not entry.get("images") or not self.path(entry["images"]).is_dir():
+                continue
+            folder = self.path(entry["images"])
+            scored = {image["file"]: image for image in (self.score_report(entry) or {}).get("per_image", [])}
+            for e in read_manifest(folder):
+                info = {**scored.get(e.file, {"seed": e.seed}), "train_seed": entry.get("seed")}
+                out.setdefault(e.prompt, []).append((folder / e.file, info))
+        return out
+
+    def sample_steps(self, subject: str) -> list[tuple[int, list[Path]]]:
+        """Validation samples of a subject's run across training: (step, images), in step order."""
+        entry = self.subject(subject)
+        if entry is None or not entry.get("run_dir"):
+            return []
+        folder = self.path(entry["run_dir"]) / "samples"
+        if not folder.is_dir():
+            return []
+        steps = []
+        for step_dir in folder.glob("step-*"):
+            if step_dir.name[5:].isdigit():
+                images = sorted(step_dir.glob("*.png"), key=lambda p: (len(p.name), p.name))
+                if images:
+                    steps.append((int(step_dir.name[5:]), images))
+        return sorted(steps)
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -72,14 +148,37 @@ class ReportData:
     scale: list[Row] = field(default_factory=list)
     setups: list[dict[str, Any]] = field(default_factory=list)
     subjects: dict[str, Path] = field(default_factory=dict)  # name -> folder of real images
+    references: dict[str, str] = field(default_factory=dict)  # group -> label of its reference variant row
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # statistics computed once per report
 
     @property
     def rows(self) -> list[Row]:
         return self.variants + self.scale
 
+    @property
+    def groups(self) -> list[str]:
+        """The sweeps (groups of rows ranked together), in order."""
+        return list(dict.fromkeys(row.group for row in self.rows))
 
-def load(sources: list[str | os.PathLike]) -> ReportData:
-    """Read sweeps and run folders; labels get the source's folder name as a prefix when there are several."""
+    def group_rows(self, group: str) -> list[Row]:
+        return [row for row in self.rows if row.group == group]
+
+    def reference(self, group: str) -> Row | None:
+        """The variant row a group's differences are taken against."""
+        return next((row for row in self.variants if row.group == group and row.label == self.references.get(group)),
+                    None)
+
+    def base(self, group: str) -> Row | None:
+        return next((row for row in self.scale if row.group == group and row.kind == "base_model"), None)
+
+
+RUNS_GROUP = "run folders"
+
+
+def load(sources: list[str | os.PathLike], reference: str | None = None) -> ReportData:
+    """Read sweeps and run folders; labels get the source's folder name as a prefix when there are several.
+    Each sweep is a group ranked on its own (plain run folders form one group), against `reference` (a variant
+    of every sweep; default: the sweep's own reference, else its first variant; for run folders the first)."""
     if not sources:
         raise UserError("give at least one sweep or run folder")
     data = ReportData()
@@ -98,7 +197,26 @@ def load(sources: list[str | os.PathLike]) -> ReportData:
     repeated = next((label for label in labels if labels.count(label) > 1), None)
     if repeated:
         raise UserError(f"two rows are both called '{repeated}'; give run folders with different names")
+    _choose_references(data, reference)
     return data
+
+
+def _choose_references(data: ReportData, reference: str | None) -> None:
+    setups = {setup["source"]: setup for setup in data.setups}
+    for group in data.groups:
+        rows = [row for row in data.variants if row.group == group]
+        if not rows:
+            continue
+        wanted = reference or setups.get(group, {}).get("reference")
+        if wanted is None:
+            data.references[group] = rows[0].label
+            continue
+        match = next((row for row in rows if wanted in (row.variant_name, row.label)), None)
+        if match is None:
+            names = ", ".join(row.variant_name for row in rows)
+            where = "the run folders" if group == RUNS_GROUP else f"'{group}'"
+            raise UserError(f"--reference {wanted!r} is not a row of {where} ({names})")
+        data.references[group] = match.label
 
 
 def _relabel_runs(rows: list[Row]) -> None:
@@ -116,11 +234,19 @@ def _load_sweep(folder: Path, data: ReportData, prefix: bool) -> None:
         record = _read_json(path)
         found[record["label"]] = record
     order = [v for v in sweep.get("variants", []) if v in found] + sorted(set(found) - set(sweep.get("variants", [])))
+    own = sweep.get("variant_overrides") or {}
+    rows = []
     for label in order:
         record = found[label]
-        row = Row(f"{folder.name}/{label}" if prefix else label, record, folder)
-        (data.scale if record["kind"] in SCALE_TITLES else data.variants).append(row)
-    data.scale.sort(key=lambda row: list(SCALE_TITLES).index(row.kind))
+        rows.append(Row(f"{folder.name}/{label}" if prefix else label, record, folder, group=str(folder),
+                        own_settings=own.get(label, {}) if record["kind"] == "variant" else {}))
+    base = next((row for row in rows if row.kind == "base_model"), None)
+    for row in rows:
+        if row.kind == "real_images":
+            row.references_of = base
+        (data.scale if row.kind in SCALE_TITLES else data.variants).append(row)
+    data.scale.sort(key=lambda row: (data.groups.index(row.group) if row.group in data.groups else 0,
+                                     list(SCALE_TITLES).index(row.kind)))
     if sweep:
         data.setups.append({"source": str(folder), **sweep})
         for subject in sweep.get("subjects", []):
@@ -145,7 +271,7 @@ def _load_run(folder: Path, data: ReportData) -> None:
             entry.update(images="eval/images", scores="eval/scores.json", metrics=reports[0]["overall"])
     record = records.summarize_record({"kind": "variant", "label": label, "variant": config.get("adapter", {}).get(
         "variant"), "subjects": [entry]}, reports)
-    data.variants.append(Row(label, record, folder, plain_run=True))
+    data.variants.append(Row(label, record, folder, plain_run=True, group=RUNS_GROUP))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -40,13 +41,14 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def loss_figure(variants: list[Row], path: Path) -> Path | None:
-    """Training loss per variant (averaged over subjects): raw per step, faint, and a moving average."""
+def loss_figure(variants: list[Row], path: Path, shared: bool = True) -> Path | None:
+    """Training loss per variant (averaged over subjects and seeds): raw per step, faint, and a moving average.
+    `shared`: the rows come from one sweep, so they saw the same images, noise and timesteps."""
     curves = [(i, row, row.loss_curve()) for i, row in enumerate(variants)]
     curves = [(i, row, curve) for i, row, curve in curves if curve]
     if not curves:
         return None
-    figure = Figure(figsize=(9, 4.5), layout="constrained")
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
     axes = figure.add_subplot()
     for i, row, curve in curves:
         steps, losses = zip(*curve)
@@ -58,48 +60,81 @@ def loss_figure(variants: list[Row], path: Path) -> Path | None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("training loss" + (" (moving average)" if len(curves[0][2]) >= 20 else ""))
-    axes.set_title("Training loss: every variant sees the same images, noise and timesteps at each step")
+    axes.set_title("Training loss: every variant sees the same images, noise and timesteps at each step" if shared
+                   else "Training loss (rows from different sweeps or runs: not the same data at each step)",
+                   fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend()
     return _save(figure, path)
 
 
-def parameters_figure(variants: list[Row], scale: list[Row], path: Path) -> Path | None:
-    """Each metric (mean ± std) against trainable parameters, with the base-model and real-images levels."""
-    points = [(i, row) for i, row in enumerate(variants)
-              if row.record.get("trainable_parameters") and row.record.get("metrics")]
-    if not points:
+def parameters_figure(variants: list[Row], scale: list[Row], path: Path, means: dict[str, dict[str, Any]],
+                      steps: dict[str, dict[str, Any] | None]) -> Path | None:
+    """Each metric (mean with its 95 % interval, `means[label][metric]` an Estimate) against trainable
+    parameters (top) and median seconds per step (bottom, IQR as horizontal bars), with the Pareto front of
+    each panel and the base-model and real-images levels."""
+    costs = (("trainable parameters", lambda row: row.record.get("trainable_parameters"), None),
+             ("seconds per optimizer step (median)", lambda row: (steps.get(row.label) or {}).get("median"),
+              lambda row: steps.get(row.label)))
+    points = [(i, row) for i, row in enumerate(variants) if any((means.get(row.label) or {}).values())]
+    if not points or not any(cost(row) for _, cost, _ in costs for _, row in points):
         return None
-    figure = Figure(figsize=(13, 4.3), layout="constrained")
-    counts = [row.record["trainable_parameters"] for _, row in points]
-    for axes, (key, name) in zip(figure.subplots(1, len(METRICS)), METRICS):
-        for i, row in points:
-            summary = row.record["metrics"][key]
-            if summary["mean"] is None:
-                continue
-            x = row.record["trainable_parameters"]
-            axes.errorbar(x, summary["mean"], yerr=summary["std"], fmt="o", color=f"C{i % 10}", capsize=3,
-                          markersize=7)
-            axes.annotate(row.label, (x, summary["mean"]), textcoords="offset points", xytext=(6, 5), fontsize=8)
-        _scale_lines(axes, scale, key)
-        axes.margins(x=0.2)
-        if max(counts) > 10 * min(counts):
-            axes.set_xscale("log")
-        else:
-            axes.xaxis.set_major_locator(MaxNLocator(4))
-        axes.xaxis.set_major_formatter(EngFormatter(sep=""))
-        axes.set_xlabel("trainable parameters")
-        axes.set_title(f"{name} (higher is better)")
-        axes.grid(alpha=0.3)
+    figure = Figure(figsize=(11, 7.5), layout="constrained")
+    grid = figure.subplots(2, len(METRICS), squeeze=False)
+    for r, (label, cost, spread) in enumerate(costs):
+        for axes, (key, name) in zip(grid[r], METRICS):
+            drawn = []
+            for i, row in points:
+                estimate, x = (means.get(row.label) or {}).get(key), cost(row)
+                if estimate is None or not x:
+                    continue
+                yerr = ([[estimate.mean - estimate.low], [estimate.high - estimate.mean]] if estimate.has_interval
+                        else None)
+                q = spread(row) if spread else None
+                xerr = [[x - q["p25"]], [q["p75"] - x]] if q else None
+                axes.errorbar(x, estimate.mean, yerr=yerr, xerr=xerr, fmt="o", color=f"C{i % 10}", capsize=3,
+                              markersize=6)
+                axes.annotate(row.label, (x, estimate.mean), textcoords="offset points", xytext=(5, 4), fontsize=9)
+                drawn.append((x, estimate.mean))
+            front = pareto_front(drawn)
+            if len(front) > 1:
+                axes.plot(*zip(*front), color="0.5", linewidth=1, linestyle="-", zorder=0)
+            _scale_lines(axes, scale, key, legend=r == 0, means=means)
+            xs = [x for x, _ in drawn]
+            axes.margins(x=0.25)
+            if xs and min(xs) > 0 and max(xs) > 10 * min(xs):
+                axes.set_xscale("log")
+            else:
+                axes.xaxis.set_major_locator(MaxNLocator(4))
+            if r == 0:  # counts as 12k, 1.2M; seconds as plain numbers
+                axes.xaxis.set_major_formatter(EngFormatter(sep=""))
+            axes.set_xlabel(label, fontsize=10)
+            axes.set_title(f"{name} (higher is better)", fontsize=11)
+            axes.tick_params(labelsize=9)
+            axes.grid(alpha=0.3)
     return _save(figure, path)
 
 
-def _scale_lines(axes: Axes, scale: list[Row], key: str) -> None:
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both cost (x, lower is better) and score (y, higher is better),
+    in cost order."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def _scale_lines(axes: Axes, scale: list[Row], key: str, legend: bool = True,
+                 means: dict[str, dict[str, Any]] | None = None) -> None:
+    """Horizontal lines at the scale rows' levels (their subject-weighted means when given)."""
     for row, style in zip(scale, ("--", ":", "-.", (0, (1, 4)))):
+        estimate = ((means or {}).get(row.label) or {}).get(key)
         summary = (row.record.get("metrics") or {}).get(key)
-        if summary and summary.get("mean") is not None:
-            axes.axhline(summary["mean"], color="0.35", linestyle=style, linewidth=1.2, label=row.title)
-    if axes.get_legend_handles_labels()[0]:
+        level = estimate.mean if estimate is not None else (summary or {}).get("mean")
+        if level is not None:
+            axes.axhline(level, color="0.35", linestyle=style, linewidth=1.2, label=row.title)
+    if legend and axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=8, loc="best")
 
 

@@ -1,8 +1,12 @@
-"""The report's tables as cells (text + whether it is the best of its column), rendered as markdown or HTML.
+"""The report's tables as cells (text + whether it stands out), rendered as markdown or HTML.
 
-Best per column: the highest mean of a metric, the lowest final loss, time, memory and adapter size,
-among the variant rows (ties at the shown precision are all marked); the base-model and real-images
-rows are there for scale and never compete.
+Scores are means over subjects (each subject's own mean first) ± the half-width of their 95 % bootstrap
+interval (`dreamlr.report.stats`). A score is bold only when its paired difference against its sweep's
+reference variant lies beyond noise (the interval excludes 0) in the better direction; the reference is bold
+when every other variant lies below it beyond noise. Costs: s/step is the median optimizer step (IQR in
+brackets), bold only when its IQR lies wholly below every other row's; adapter memory and file size are
+computed, not measured, so the smallest is bold. Rows are ranked only against rows of the same sweep; the
+base-model and real-images rows are there for scale and never compete.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dreamlr.report.data import ReportData, Row
+from dreamlr.report.paired import row_stats, significant
+from dreamlr.report.stats import Estimate
 
 METRICS = (("dino", "DINO"), ("clip_i", "CLIP-I"), ("clip_t", "CLIP-T"))  # DreamBench's order
 EMPTY = "–"
@@ -27,8 +33,8 @@ class Column:
     title: str
     value: Callable[[Row], Any]
     show: Callable[[Any, Row], str]
-    better: str | None = None  # "high", "low" or None (a setting, not an outcome)
-    rank_key: Callable[[Any], float] = float
+    better: str | None = None  # "low" for a cost, None for a setting or an outcome with no noise measure
+    optional: bool = False  # left out of a table where no row has a value
 
 
 @dataclass(frozen=True)
@@ -44,17 +50,6 @@ class Table:
     header: list[str]
     rows: list[list[Cell]]
     scale: list[bool]
-
-
-def _metric(key: str) -> Callable[[Row], Any]:
-    def value(row: Row) -> Any:
-        summary = (row.record.get("metrics") or {}).get(key)
-        return summary if summary and summary.get("mean") is not None else None
-    return value
-
-
-def _show_metric(summary: dict[str, Any], _: Row) -> str:
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
 
 
 def _show_parameters(count: int, row: Row) -> str:
@@ -77,60 +72,160 @@ def _field(key: str) -> Callable[[Row], Any]:
     return lambda row: row.record.get(key)
 
 
-def metric_column(key: str, name: str) -> Column:
-    return Column(f"{name} ↑", _metric(key), _show_metric, "high", lambda s: round(s["mean"], 3))
+def show_estimate(value: Estimate | None, signed: bool = False) -> str:
+    """`0.812 ± 0.010` (± the interval's half-width), or `+0.012 [-0.003, +0.027]` for a difference."""
+    if value is None:
+        return EMPTY
+    form = "+.3f" if signed else ".3f"
+    if not value.has_interval:
+        return f"{value.mean:{form}}"
+    if signed:
+        return f"{value.mean:{form}} [{value.low:{form}}, {value.high:{form}}]"
+    return f"{value.mean:{form}} ± {value.half_width:.3f}"
 
 
-COLUMNS: tuple[Column, ...] = (
+def _show_quartiles(summary: dict[str, Any], _: Row) -> str:
+    return f"{summary['median']:.3g} ({summary['p25']:.3g}–{summary['p75']:.3g})"
+
+
+def step_seconds(row: Row) -> dict[str, Any] | None:
+    """Median and IQR of every optimizer step of the row's runs."""
+    from dreamlr.compare.records import quartiles
+
+    return quartiles(row.step_times())
+
+
+def gpu_step_memory(row: Row) -> dict[str, Any] | None:
+    """Median and range (as `p25`/`p75`: few runs, so their whole spread) over the row's runs of its GPU step
+    peak above the frozen model (None on a CPU)."""
+    from dreamlr.compare.records import quartiles
+
+    values = [e["step_memory_mb"] for e in row.entries() if e.get("step_memory_mb") is not None]
+    return {**quartiles(values), "p25": min(values), "p75": max(values)} if values else None
+
+
+def _show_mib(summary: dict[str, Any], _: Row) -> str:
+    if summary["p25"] == summary["p75"]:
+        return f"{summary['median']:,.0f}"
+    return f"{summary['median']:,.0f} ({summary['p25']:,.0f}–{summary['p75']:,.0f})"
+
+
+def _targets(row: Row) -> str | None:
+    targets = row.record.get("targets")
+    if targets is None:
+        return None
+    return ", ".join(map(str, targets)) if isinstance(targets, (list, tuple)) else str(targets)
+
+
+SETTING_COLUMNS: tuple[Column, ...] = (
     Column("rank", _field("rank"), lambda v, _: str(v)),
     Column("trainable params", _field("trainable_parameters"), _show_parameters),
-    *(metric_column(key, name) for key, name in METRICS),
-    Column("final loss ↓", _field("final_loss"), lambda v, _: f"{v:.4f}", "low", lambda v: round(v, 4)),
-    Column("train s ↓", _field("train_seconds"), lambda v, _: f"{v:.1f}", "low", lambda v: round(v, 1)),
-    Column("peak MiB ↓", _field("peak_memory_mb"), lambda v, _: f"{v:,.0f}", "low", lambda v: round(v)),
-    Column("adapter file ↓", _field("adapter_bytes"), lambda v, _: format_bytes(v), "low", lambda v: float(f"{v:.3g}")),
 )
+COST_COLUMNS: tuple[Column, ...] = (
+    Column("final loss", _field("final_loss"), lambda v, _: f"{v:.4f}"),
+    Column("s/step ↓ (IQR)", step_seconds, _show_quartiles, "low"),
+    Column("adapter memory ↓", _field("adapter_memory_bytes"), lambda v, _: format_bytes(v), "low"),
+    Column("GPU step MiB ↓ (range)", gpu_step_memory, _show_mib, "low", optional=True),
+    Column("adapter file ↓", _field("adapter_bytes"), lambda v, _: format_bytes(v), "low"),
+    Column("alpha", _field("alpha"), lambda v, _: f"{v:g}"),
+    Column("lr", _field("learning_rate"), lambda v, _: f"{v:g}"),
+    Column("targets", lambda row: _targets(row), lambda v, _: v),
+)
+COLUMNS = (*SETTING_COLUMNS, *COST_COLUMNS)
+OWN_SETTINGS_MARK = " †"
+
+
+def ordered_rows(data: ReportData) -> list[Row]:
+    """Rows sweep by sweep: its variants, then its base-model and real-images rows."""
+    return [row for group in data.groups for row in data.group_rows(group)]
+
+
+def row_title(row: Row) -> str:
+    """The row's name, marked when it was trained with its own `--set VARIANT:key=value` keys."""
+    return row.title + (OWN_SETTINGS_MARK if row.own_settings else "")
 
 
 def main_table(data: ReportData) -> Table:
-    """Variants, then the base-model and real-images rows: settings, scores (mean ± std) and costs."""
-    rows = data.rows
-    cells = [[Cell(row.title)] for row in rows]
-    for column in COLUMNS:
-        values = [column.value(row) for row in rows]
-        best = _best(column, values, [row.kind == "variant" for row in rows])
-        for i, (row, value) in enumerate(zip(rows, values)):
-            cells[i].append(Cell(EMPTY if value is None else column.show(value, row), i in best))
-    return Table(["run", *(c.title for c in COLUMNS)], cells, [row.kind != "variant" for row in rows])
+    """Variants, then the base-model and real-images rows, sweep by sweep: settings, scores (mean ± 95 % CI
+    half-width), costs and adapter settings."""
+    rows = ordered_rows(data)
+    stats = row_stats(data)
+    cells = [[Cell(row_title(row))] for row in rows]
+    values = {column.title: [column.value(row) for row in rows] for column in COLUMNS}
+    costs = [c for c in COST_COLUMNS if not c.optional or any(v is not None for v in values[c.title])]
+    for column in SETTING_COLUMNS:
+        _fill(cells, column, rows, values[column.title], set())
+    for key, _name in METRICS:
+        for i, row in enumerate(rows):
+            cells[i].append(Cell(show_estimate(stats[row.label].mean[key]), significant(data, row, key)))
+    for column in costs:
+        best = set()
+        for group in data.groups:
+            members = [i for i, row in enumerate(rows) if row.group == group]
+            best |= _cheapest(column, {i: values[column.title][i] for i in members if rows[i].kind == "variant"})
+        _fill(cells, column, rows, values[column.title], best)
+    header = ["run", *(c.title for c in SETTING_COLUMNS), *(f"{name} ↑" for _, name in METRICS),
+              *(c.title for c in costs)]
+    return Table(header, cells, [row.kind != "variant" for row in rows])
+
+
+def _fill(cells: list[list[Cell]], column: Column, rows: list[Row], values: list[Any], best: set[int]) -> None:
+    for i, (row, value) in enumerate(zip(rows, values)):
+        cells[i].append(Cell(EMPTY if value is None else column.show(value, row), i in best))
+
+
+def _cheapest(column: Column, values: dict[int, Any]) -> set[int]:
+    """The cheapest row of a cost column, when its lead is beyond noise: for a spread (median + IQR) its IQR
+    lies below every other row's; for a computed size it is smaller than every other."""
+    present = {i: v for i, v in values.items() if v is not None}
+    if column.better != "low" or len(present) < 2:
+        return set()
+    if isinstance(next(iter(present.values())), dict):
+        best = min(present, key=lambda i: present[i]["median"])
+        clear = all(present[best]["p75"] < v["p25"] for i, v in present.items() if i != best)
+        return {best} if clear else set()
+    top = min(present.values())
+    winners = {i for i, v in present.items() if v == top}
+    return winners if len(winners) < len(present) else set()
+
+
+def difference_table(data: ReportData) -> Table:
+    """Per variant and metric, the paired difference against its sweep's reference and against the base model,
+    with 95 % intervals; bold where the interval excludes 0."""
+    rows = [row for row in ordered_rows(data) if row.kind == "variant"]
+    stats = row_stats(data)
+    cells = []
+    for row in rows:
+        line = [Cell(row_title(row))]
+        for against in ("vs_reference", "vs_base"):
+            for key, _ in METRICS:
+                value = getattr(stats[row.label], against)[key]
+                line.append(Cell(show_estimate(value, signed=True), bool(value and value.excludes_zero)))
+        cells.append(line)
+    reference = ", ".join(dict.fromkeys(data.references[g].split("/")[-1] for g in data.groups
+                                        if g in data.references)) or "reference"
+    header = ["run", *(f"Δ {name} vs {reference}" for _, name in METRICS),
+              *(f"Δ {name} vs base model" for _, name in METRICS)]
+    return Table(header, cells, [False] * len(rows))
 
 
 def subject_tables(data: ReportData) -> list[tuple[str, Table]]:
-    """Per metric, rows x subjects (each subject's mean ± std), when the report has more than one subject."""
+    """Per metric, rows x subjects (each subject's mean ± 95 % CI half-width over its prompts and seeds), when
+    the report has more than one subject."""
     subjects = list(data.subjects)
     if len(subjects) < 2:
         return []
+    rows = ordered_rows(data)
     tables = []
     for key, name in METRICS:
-        column = metric_column(key, name)
-        cells = [[Cell(row.title)] for row in data.rows]
+        cells = [[Cell(row_title(row))] for row in rows]
         for subject in subjects:
-            values = [((row.subject(subject) or {}).get("metrics") or {}).get(key) for row in data.rows]
-            values = [v if v and v.get("mean") is not None else None for v in values]
-            best = _best(column, values, [row.kind == "variant" for row in data.rows])
-            for i, value in enumerate(values):
-                cells[i].append(Cell(EMPTY if value is None else _show_metric(value, data.rows[i]), i in best))
-        tables.append((f"{name} per subject", Table(["run", *subjects], cells,
-                                                     [row.kind != "variant" for row in data.rows])))
+            stats = row_stats(data, subject)
+            for i, row in enumerate(rows):
+                cells[i].append(Cell(show_estimate(stats[row.label].mean[key]), significant(data, row, key, subject)))
+        scale = [row.kind != "variant" for row in rows]
+        tables.append((f"{name} per subject", Table(["run", *subjects], cells, scale)))
     return tables
-
-
-def _best(column: Column, values: list[Any], competing: list[bool]) -> set[int]:
-    """Indices of the best competing values (none when fewer than two compete or the column has no direction)."""
-    ranked = {i: column.rank_key(v) for i, v in enumerate(values) if v is not None and competing[i]}
-    if column.better is None or len(ranked) < 2:
-        return set()
-    top = max(ranked.values()) if column.better == "high" else min(ranked.values())
-    return {i for i, v in ranked.items() if v == top}
 
 
 def to_markdown(table: Table) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 
 from dreamlr.adapters import AdapterConfig
-from dreamlr.config_files import build_config, check_types
+from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
 from dreamlr.errors import UserError
 from dreamlr.training import LR_SCHEDULERS
 
@@ -65,7 +65,7 @@ class TextTrainConfig:
         """Defaults < YAML file < overrides (dotted keys reach into `adapter`); columns resolved; validated."""
         data = build_config(cls, config_file, overrides, "dreamlr text train")
         if isinstance(data.get("labels"), list):
-            data["labels"] = [str(label) for label in data["labels"]]
+            data["labels"] = [str(label).lower() if isinstance(label, bool) else str(label) for label in data["labels"]]
         config = cls(**data)
         config.validate()
         for name, default in zip(("text_column", "text_pair_column", "label_column"), DEFAULT_COLUMNS[config.task]):
@@ -85,8 +85,8 @@ class TextTrainConfig:
                 raise UserError(f"{key} must be at least 1, got {value}")
         if self.learning_rate <= 0 or (self.head_learning_rate is not None and self.head_learning_rate <= 0):
             raise UserError("learning rates must be positive")
-        if self.lr_warmup_steps < 0:
-            raise UserError(f"lr_warmup_steps must be 0 or more, got {self.lr_warmup_steps}")
+        check_optimizer_keys(self, "weight_decay")
+        check_output_dir(self.output_dir)
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise UserError(f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
         if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):

@@ -37,22 +37,39 @@ from dreamlr.training import (
     build_lr_scheduler,
     build_optimizer,
     check_finite,
+    check_run_folder,
+    check_weights_finite,
     peak_memory_mb,
     progress,
+    start_run_folder,
     step_generator,
 )
 
+# keys a resumed run may change: how long it runs, how often it checkpoints, what it is evaluated on
+RESUME_MAY_CHANGE = ("max_train_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit", "eval_file",
+                     "max_eval_samples", "eval_batch_size", "max_new_tokens")
 GROUP_SPAN = 50  # batches per length-sorted group with group_by_length (as transformers' Trainer)
 
 
-def train(config: TextTrainConfig) -> Path:
+def train(config: TextTrainConfig, overwrite: bool = False) -> Path:
     """Run `config`; returns the run folder (config.yaml, adapter.safetensors, head.safetensors for a
-    classifier, checkpoints/, metrics.jsonl, README.md, eval.json when there is an eval file)."""
+    classifier, checkpoints/, metrics.jsonl, README.md, eval.json when there is an eval file).
+
+    The folder must be new or empty, or hold this run when resuming with the same training keys;
+    `overwrite` deletes what it holds first."""
     if not config.train_file:
         raise UserError("train_file is not set: give --train FILE")
     task = make_task(config)  # reads and checks the data before any model loads
-    run_dir = Path(config.output_dir)
+    run_dir = Path(config.output_dir).expanduser().resolve()
     total = total_steps(config, task.num_train)
+    if isinstance(task, ClassificationTask):  # config.yaml records the label order the head was trained with
+        config = dataclasses.replace(config, labels=task.labels)
+    check_run_folder(run_dir, config.to_dict(), TextTrainConfig().to_dict(), overwrite=overwrite,
+                     may_change=RESUME_MAY_CHANGE, inputs=(config.train_file, config.eval_file, config.model))
+    checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit)
+    resume_from = checkpoints.resolve(config.resume_from_checkpoint)
+    if resume_from is not None:
+        CheckpointManager.checkpoint_step(resume_from, total)
     torch.manual_seed(config.seed)  # a new head's and the adapter's initialization
     model = task.load_model()
     head = task.head_names(model)
@@ -63,17 +80,14 @@ def train(config: TextTrainConfig) -> Path:
                                 beta1=config.adam_beta1, beta2=config.adam_beta2,
                                 weight_decay=config.weight_decay, epsilon=config.adam_epsilon)
     scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, total)
-    checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit)
     start = 0
-    resume_from = checkpoints.resolve(config.resume_from_checkpoint)
     if resume_from is not None:
         start = CheckpointManager.load(resume_from, model, optimizer, scheduler)
         if head:
             load_head(model, head, resume_from / HEAD_FILE)
     set_step(model, start)
 
-    if isinstance(task, ClassificationTask):  # config.yaml records the label order the head was trained with
-        config = dataclasses.replace(config, labels=task.labels)
+    start_run_folder(run_dir, overwrite)
     write_yaml(run_dir / "config.yaml", config.to_dict())
     metrics = MetricsLog(run_dir / "metrics.jsonl", start)
     metadata = {"base_model": config.model, "dreamlr_version": __version__, **task.metadata()}
@@ -94,6 +108,7 @@ def train(config: TextTrainConfig) -> Path:
         max_grad_norm=config.max_grad_norm, checkpoints=checkpoints, after_step=after_step,
         group_by_length=config.group_by_length)
     bar.close()
+    check_weights_finite(model, optimizer, total, checkpoints)
     save_adapter(model, run_dir / ADAPTER_FILE, metadata={**metadata, "step": total})
     if head:
         save_head(model, head, run_dir / HEAD_FILE)
@@ -146,7 +161,8 @@ def attach_adapter(model: nn.Module, adapter: AdapterConfig, head: list[str]) ->
 
 
 def trainable_groups(model: nn.Module, head: list[str], lr: float, head_lr: float) -> list[dict]:
-    """Optimizer groups: the adapter's (LoRA+ ratios included) and the head's."""
+    """Optimizer groups: the adapter's (LoRA+ ratios included) and the head's; none sets weight_decay but
+    DoRA's magnitude (0), so `build_optimizer`'s weight_decay reaches the adapter and the head alike."""
     groups = parameter_groups(model, lr)
     params = dict(model.named_parameters())
     if head:

@@ -1,0 +1,168 @@
+"""The six adapter variants on the world's DreamBooth subjects: `dreamlr compare` sweeps, then one table of
+paired differences against LoRA (95 % bootstrap intervals over subjects, prompts and training seeds),
+trainable parameters, seconds per step and adapter memory.
+
+Protocol: SingLoRA's DreamBooth setup (Bensaïd et al. 2025, `configs/sd15-singlora.yaml`: UNet query and key
+projections, rank 8 for every variant, learning rate 1e-4, constant schedule, 500 steps, prior preservation)
+scaled to the world (64 px), plus `attn` (q, k, v, out) as a second setting. Per setting, three sweeps:
+every variant at rank 8 (reference LoRA), LoRA r16 vs D2-LoRA r8, and SingLoRA r16 vs LoRA r8 (the papers'
+matched-parameter pairs), each with --seeds (default 0,1,2). Every sweep is a `dreamlr compare` folder under
+--out, so running the script again reuses every finished run and score (resumable), and each has its own
+report.html.
+
+    python scripts/bench_world.py --out runs/bench-world                      # the world model (issue 13)
+    python scripts/bench_world.py --out /tmp/bw --model tiny --toy            # seconds: tiny model, demo subject
+
+Until `--model world` exists (`scripts/build_world.py`), `--model tiny --toy` runs the same pipeline on the
+random built-in model and the demo subject; its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from dreamlr.cli import main as dreamlr
+from dreamlr.fileio import write_text
+from dreamlr.report.data import load
+from dreamlr.report.paired import row_stats
+from dreamlr.report.tables import format_bytes, show_estimate, step_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ["lora", "loraplus", "dora", "singlora", "dual_lora", "d2lora"]
+SETTINGS = {"attn-qk": "attn-qk", "attn": "attn"}  # SingLoRA's DreamBooth targets, then every projection
+# sweep name -> (variants, per-variant --set keys); the first variant is the reference
+PAIRS = {
+    "lora16-d2lora8": (["lora", "d2lora"], ["lora:adapter.rank=16", "lora:adapter.alpha=16"]),
+    "singlora16-lora8": (["lora", "singlora"], ["singlora:adapter.rank=16", "singlora:adapter.alpha=16"]),
+}
+METRICS = (("clip_i", "CLIP-I"), ("clip_t", "CLIP-T"), ("dino", "DINO"))  # the SingLoRA table's order
+PROTOCOL = {  # SingLoRA's DreamBooth recipe at the world's 64 px
+    "resolution": 64, "learning_rate": 1.0e-4, "lr_scheduler": "constant", "max_train_steps": 500,
+    "train_batch_size": 1, "with_prior_preservation": True, "num_class_images": 100, "prior_loss_weight": 1.0,
+    "mixed_precision": "no", "checkpointing_steps": 100, "checkpoints_total_limit": 1, "validation_steps": 100,
+    "num_validation_images": 2, "validation_inference_steps": 25, "seed": 0,
+    "adapter": {"variant": "lora", "rank": 8, "alpha": 8, "targets": "attn-qk"},
+}
+TOY = {"resolution": 32, "max_train_steps": 3, "learning_rate": 1.0e-2, "with_prior_preservation": False,
+       "checkpointing_steps": 1, "num_validation_images": 0}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder of the sweeps and the table (bench_world.md)")
+    parser.add_argument("--model", default="world", help="the base model: world (default) or tiny")
+    parser.add_argument("--subjects", help="DreamBooth-layout subjects folder (default: the world's, or with "
+                                           "--toy the demo subject)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="variants of the rank-8 sweep")
+    parser.add_argument("--pairs", default=",".join(PAIRS), help=f"matched pairs to run: {', '.join(PAIRS)} or ''")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="target settings: attn-qk, attn")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, help="training steps (default 500)")
+    parser.add_argument("--max-prompts", type=int, help="first N prompts per subject (default all 25)")
+    parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--sampling-steps", type=int, default=25)
+    parser.add_argument("--toy", action="store_true", help="seconds: tiny sizes (for tests)")
+    return parser.parse_args(argv)
+
+
+def config_file(args: argparse.Namespace, out: Path) -> Path:
+    """The shared DreamBooth config of every sweep (the protocol, at toy size with --toy)."""
+    config = {**PROTOCOL, **(TOY if args.toy else {}), "pretrained_model_name_or_path": args.model,
+              "output_dir": str(out / "unused"), "instance_data_dir": "unused", "instance_prompt": "unused"}
+    if args.steps:
+        config["max_train_steps"] = args.steps
+    path = out / "protocol.yaml"
+    write_text(path, yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def subject_args(args: argparse.Namespace) -> list[str]:
+    if args.subjects:
+        return ["--dreambench", args.subjects]
+    if args.toy or args.model == "tiny":
+        return ["--subjects", str(ROOT / "assets" / "demo_subject"), "--class-name", "mug"]
+    from dreamlr.world.assets import world_dir
+
+    return ["--dreambench", str(world_dir() / "subjects")]
+
+
+def sweeps(args: argparse.Namespace) -> list[tuple[str, str, list[str], list[str]]]:
+    """(setting, sweep name, variants, per-variant --set keys) of every sweep to run."""
+    out = []
+    for setting in [s for s in args.settings.split(",") if s]:
+        if setting not in SETTINGS:
+            raise SystemExit(f"bench_world: unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+        out.append((setting, "rank8", [v for v in args.variants.split(",") if v], []))
+        for pair in [p for p in args.pairs.split(",") if p]:
+            if pair not in PAIRS:
+                raise SystemExit(f"bench_world: unknown pair {pair!r}; choose from {', '.join(PAIRS)}")
+            out.append((setting, pair, *PAIRS[pair]))
+    return out
+
+
+def run_sweep(args: argparse.Namespace, config: Path, folder: Path, setting: str, variants: list[str],
+              own: list[str]) -> int:
+    """One `dreamlr compare` sweep (reusing whatever a previous run finished); its exit code."""
+    encoders = "tiny" if args.toy or args.model == "tiny" else args.model
+    command = ["compare", "--config", str(config), "--variants", ",".join(variants), *subject_args(args),
+               "--output-dir", str(folder), "--seeds", args.seeds, "--reference", "lora",
+               "--num-images", str(args.num_images), "--steps", str(2 if args.toy else args.sampling_steps),
+               "--clip", encoders, "--dino", encoders, "--set", f"adapter.targets={SETTINGS[setting]}"]
+    if args.max_prompts or args.toy:
+        command += ["--max-prompts", str(args.max_prompts or 2)]
+    for item in own:
+        command += ["--set", item]
+    print(f"== {folder.name}: {' '.join(variants)} ({setting})", file=sys.stderr, flush=True)
+    return dreamlr(command)
+
+
+def table(folders: list[tuple[str, str, Path]]) -> str:
+    """One markdown table over the sweeps: per variant row, its paired differences against its sweep's LoRA,
+    trainable parameters, median s/step and adapter memory."""
+    header = ["setting", "sweep", "variant", "rank", "trainable params",
+              *(f"Δ {name} vs the sweep's LoRA" for _, name in METRICS), "s/step (median)", "adapter memory"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
+    for setting, name, folder in folders:
+        data = load([folder])
+        stats = row_stats(data)
+        for row in data.variants:
+            steps = step_seconds(row)
+            memory = row.record.get("adapter_memory_bytes")
+            diffs = [show_estimate(stats[row.label].vs_reference[key], signed=True)
+                     if stats[row.label].vs_reference[key] else "reference" for key, _ in METRICS]
+            params = row.record.get("trainable_parameters")
+            lines.append("| " + " | ".join([
+                setting, name, row.label, str(row.record.get("rank", "–")),
+                f"{params:,}" if params else "–", *diffs,
+                f"{steps['median']:.3g}" if steps else "–", format_bytes(memory) if memory else "–"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    config = config_file(args, out)
+    done, failed = [], 0
+    for setting, name, variants, own in sweeps(args):
+        folder = out / setting / name
+        code = run_sweep(args, config, folder, setting, variants, own)
+        if code == 2:  # the model, encoders or subjects cannot load: every other sweep would fail alike
+            return 2
+        failed += code != 0
+        done.append((setting, name, folder))
+    text = ("Paired differences against the LoRA row of the same sweep (r8, or r16 in lora16-d2lora8): mean "
+            "[95% bootstrap interval over subjects, prompts and training seeds]; an interval that excludes 0 is a "
+            "difference beyond noise.\n\n"
+            + table(done))
+    write_text(out / "bench_world.md", text)
+    print(text, end="")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

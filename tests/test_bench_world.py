@@ -1,0 +1,35 @@
+"""scripts/bench_world.py end to end on the built-in `tiny` model at toy size (until the world model exists):
+the sweeps it runs and the table it prints."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DREAMLR_CACHE": str(out / "cache")}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_world.py"), "--out", str(out / "bench"),
+                           "--model", "tiny", "--toy", "--variants", "lora,d2lora", "--settings", "attn-qk",
+                           "--pairs", "lora16-d2lora8", "--seeds", "0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_bench_world_runs_its_sweeps_and_prints_paired_differences(tmp_path):
+    first = run(tmp_path)
+    rows = [line.strip("|").split(" | ") for line in first.stdout.splitlines() if line.startswith("| attn-qk")]
+    assert [(r[1].strip(), r[2], r[3]) for r in rows] == [("rank8", "lora", "8"), ("rank8", "d2lora", "8"),
+                                                          ("lora16-d2lora8", "lora", "16"),
+                                                          ("lora16-d2lora8", "d2lora", "8")]
+    assert rows[0][5] == "reference" and rows[1][5].count("[") == 1  # d2lora: a difference with its interval
+    assert rows[2][4] == rows[3][4] == "43,008"  # the matched pair: LoRA r16 = D2-LoRA r8 in parameters
+    bench = tmp_path / "bench"
+    assert (bench / "bench_world.md").read_text().endswith(first.stdout.split("\n\n", 1)[1])
+    for sweep in ("rank8", "lora16-d2lora8"):
+        assert (bench / "attn-qk" / sweep / "report.html").is_file()
+    assert (bench / "attn-qk" / "rank8" / "runs" / "lora" / "seed-0" / "demo_subject" / "adapter.safetensors").is_file()
+    # running again reuses every run: each sweep is a `dreamlr compare` folder (tests/test_compare.py checks reuse)
