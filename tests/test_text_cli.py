@@ -57,6 +57,8 @@ def test_bad_train_input_exits_2_with_one_line(extra, message, tmp_path, tmp_pat
     (["--model", "minilm", "--eval", "{train}"], "a classifier needs its trained head: give --run DIR"),
     (["--run", "{bare}", "--eval", "{train}"], "has no config.yaml"),
     (["--task", "causal-lm", "--model", "minilm"], "nothing to evaluate: give --eval FILE"),
+    (["--run", "{bare}", "--eval", "{train}", "--output", "{train}"], "already exists; give a new file, or --overwrite"),
+    (["--run", "{bare}", "--eval", "{train}", "--output", "{bare}"], "is a folder; give a file path"),
 ])
 def test_bad_eval_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
     paths = files(tmp_path)

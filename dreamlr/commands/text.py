@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from dreamlr.errors import UserError
 
 HELP = "fine-tune a transformers text model with an adapter (classification or causal LM), or evaluate a run"
 
@@ -80,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _data_arguments(evaluate)
     evaluate.add_argument("--batch-size", type=int, help="evaluation batch size")
     evaluate.add_argument("--output", metavar="FILE.json", help="where to write the metrics (default RUN/eval.json)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     evaluate.set_defaults(text_run=_eval)
 
 
@@ -132,6 +136,12 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from dreamlr.text.evaluate import evaluate_run
 
+    if args.output:
+        from dreamlr.commands._checks import check_output_file
+
+        check_output_file(args.output, "--output", "metrics.json")
+        if Path(args.output).expanduser().exists() and not args.overwrite:
+            raise UserError(f"--output '{args.output}' already exists; give a new file, or --overwrite to replace it")
     path, metrics = evaluate_run(args.run_dir, _overrides(args, EVAL_FLAGS), args.output)
     print(json.dumps(metrics))
     print(f"written to {path}")

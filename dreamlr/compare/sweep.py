@@ -116,7 +116,7 @@ class SweepSpec:
         known = {f.name for f in dataclasses.fields(DreamBoothConfig)}
         for key in keys:
             if key.split(".")[0] not in known:
-                raise UserError(f"--set {variant}:{key}: unknown config key; see `dreamlr train --help`")
+                raise UserError(f"--set {variant}:{key}: unknown config key; `dreamlr train --list-keys` lists them")
             if key in (*SET_PER_RUN, "adapter.variant"):
                 raise UserError(f"--set {variant}:{key}: compare sets it for each run")
             if key == "adapter.rank" and self.match and variant != self.variants[0]:
