@@ -95,6 +95,14 @@ def dreambench_dataset(box: Path, hostile: str) -> Path:
     return data
 
 
+def figures_link(box: Path) -> Path:
+    """An empty report folder whose `figures` is a link to the victim's folder (holding a figure-named file)."""
+    (box / "victim" / "loss.png").write_bytes(b"the user's own picture")
+    (box / "rep").mkdir()
+    (box / "rep" / "figures").symlink_to(box / "victim")
+    return box / "rep"
+
+
 def command(case: str, box: Path, made: dict[str, Path], tmp_path_factory) -> tuple[list[str], int, str | None]:
     """(argv, expected exit code, the sandbox folder it may change) for one hostile or `..` case."""
     train = ["train", "--model", "tiny", "--instance-dir", str(box / "subject"), "--instance-prompt", "a sks mug",
@@ -155,6 +163,7 @@ def command(case: str, box: Path, made: dict[str, Path], tmp_path_factory) -> tu
                                      "--output-dir", f"{box}/x/../sweep"], 0, "sweep"),
         "report with ..": lambda: (report(f"{box}/x/../rep"), 0, "rep"),
         "report into the victim's folder": lambda: (report(str(box / "link-victim")), 2, None),
+        "report whose figures folder links to the victim": lambda: (report(str(figures_link(box))), 2, None),
     }
     return cases[case]()
 
@@ -165,7 +174,7 @@ CASES = ["train into victim via ..", "train into a link to victim", "train with 
          "score with ..", "export kohya over a trained adapter", "export diffusers into victim",
          "export peft into a link to victim", "export kohya over a trained adapter via ..", "export with ..", "import over an adapter",
          "compare with an absolute subject name", "compare with a .. subject name", "compare into the victim's folder", "compare with ..",
-         "report with ..", "report into the victim's folder"]
+         "report with ..", "report into the victim's folder", "report whose figures folder links to the victim"]
 
 
 @pytest.mark.parametrize("case", CASES)

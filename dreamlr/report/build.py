@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlr.errors import UserError
-from dreamlr.fileio import write_text
+from dreamlr.fileio import inside, remove, write_text
 from dreamlr.images import image_files
 from dreamlr.report import plots
 from dreamlr.report.data import ReportData, Row, load
@@ -76,10 +76,12 @@ def build_report(sources: list[str | os.PathLike], output_dir: str | os.PathLike
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir '{out}' is a file; give a folder")
     figures = out / FIGURES_DIR
+    if figures.exists() or figures.is_symlink():
+        inside(figures, out)  # a `figures` link to elsewhere is refused, never followed
     if figures.is_dir():
         for old in figures.iterdir():
             if _OWN_FIGURES.fullmatch(old.name):
-                old.unlink()
+                remove(old, out)
     blocks = document(data, figures)
     write_text(out / "report.md", to_markdown_text(blocks, out))
     return write_text(out / "report.html", to_html_page(blocks, TITLE))
