@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -159,3 +161,36 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_yaml(path: str | os.PathLike, data: dict) -> Path:
     """Write a YAML file atomically, keys in the given order."""
     return write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def usual_file_modes(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the mode a new file gets (0666 less the umask); links are left alone."""
+    for entry in Path(folder).rglob("*"):
+        if entry.is_file() and not entry.is_symlink():
+            entry.chmod(0o666 & ~_UMASK)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> Path:
+    """A .safetensors file written atomically, byte for byte the same for the same tensors and metadata, with the
+    usual file mode (safetensors' own writer leaves 0600 and a header order that changes run to run)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(reproducible_safetensors(tensors, metadata))
+    return Path(path)
+
+
+def reproducible_safetensors(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """A .safetensors file as bytes, with its JSON header in a fixed order: `__metadata__` first with its
+    keys sorted, then the tensors by name. (safetensors itself writes the metadata in hash-map order, which
+    changes from one process to the next.) The tensor data are safetensors' own."""
+    from safetensors.torch import save as safetensors_bytes
+
+    raw = safetensors_bytes(dict(sorted(tensors.items())), metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors pads the header with spaces to 8-byte alignment
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]

@@ -526,3 +526,23 @@ def test_bad_input_exits_2_with_one_line(case, adapters, tmp_path, capsys):
     assert code == 2, err
     assert err.count("\n") == 0 and "Traceback" not in err and err.startswith("dreamlr ")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing half-written
+
+
+@pytest.mark.parametrize("fmt,name", [("kohya", "k.safetensors"), ("diffusers", "d.safetensors"), ("peft", "peft"),
+                                      ("merged", "merged")])
+def test_exports_are_byte_reproducible_with_the_usual_file_mode(fmt, name, adapters, tmp_path):
+    """Two exports of one adapter give identical bytes (the safetensors header in a fixed order), and every
+    .safetensors file gets the mode the umask gives (not safetensors' private 0600)."""
+    import os
+
+    path, _ = adapters("lora")
+    export_adapter(path, fmt, tmp_path / "a" / name)
+    export_adapter(path, fmt, tmp_path / "b" / name)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.safetensors"))
+    assert files
+    umask = os.umask(0)
+    os.umask(umask)
+    for relative in files:
+        first, second = tmp_path / "a" / relative, tmp_path / "b" / relative
+        assert first.read_bytes() == second.read_bytes(), relative
+        assert first.stat().st_mode & 0o777 == 0o666 & ~umask, relative

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from dreamlr import __version__
@@ -24,7 +23,7 @@ from dreamlr.adapters.attach import (
 )
 from dreamlr.adapters.config import AdapterConfig, AdapterConfigError
 from dreamlr.errors import UserError
-from dreamlr.fileio import atomic_path
+from dreamlr.fileio import write_safetensors
 
 FORMAT = "dreamlr-adapter"
 FORMAT_VERSION = "1"
@@ -57,25 +56,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
         "step": str(get_step(model)),
         "metadata": json.dumps(metadata or {}, default=str, sort_keys=True),
     }
-    with atomic_path(path) as tmp:  # the temp file already has the usual mode (0666 less the umask)
-        tmp.write_bytes(reproducible_safetensors(tensors, header))
-    return Path(path)
-
-
-def reproducible_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """A .safetensors file as bytes, with its JSON header in a fixed order: `__metadata__` first with its
-    keys sorted, then the tensors by name. (safetensors itself writes the metadata in hash-map order, which
-    changes from one process to the next.) The tensor data are safetensors' own."""
-    raw = safetensors_bytes(dict(sorted(tensors.items())), metadata=metadata)
-    size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + size])
-    ordered = {}
-    if "__metadata__" in header:
-        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
-    ordered.update(sorted(header.items()))
-    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # safetensors pads the header with spaces to 8-byte alignment
-    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
+    return write_safetensors(path, tensors, header)
 
 
 def read_adapter_header(path: str | os.PathLike) -> dict[str, Any]:

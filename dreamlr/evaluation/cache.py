@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from dreamlr.fileio import atomic_path, cache_root
+from dreamlr.fileio import cache_root, write_safetensors
 
 
 class EmbeddingCache:
@@ -35,7 +35,6 @@ class EmbeddingCache:
     def put(self, sha256: str, embedding: torch.Tensor) -> None:
         """Store one embedding (1-D); a cache that cannot be written is skipped silently."""
         try:
-            with atomic_path(self.folder / f"{sha256}.safetensors") as tmp:
-                save_file({"embedding": embedding.clone()}, tmp)
+            write_safetensors(self.folder / f"{sha256}.safetensors", {"embedding": embedding.clone()})
         except OSError:
             pass

@@ -13,6 +13,7 @@ from torch import nn
 
 from dreamlr.errors import UserError
 from dreamlr.export.naming import CLIP_PREFIX
+from dreamlr.fileio import write_safetensors
 
 # tasks (dreamlr's, or PEFT's task_type) and the transformers classes they load
 TASK_CLASSES = {"classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM",
@@ -57,7 +58,6 @@ def _nest_clip_keys(text_encoder: nn.Module, folder: Path) -> None:
     """Rewrite a CLIPTextModel that transformers 5 saved flat (`encoder.…`) in the `text_model.…` layout:
     transformers 4.x (sd-scripts' pin) reads only that one and would start from random weights, and 5 reads both."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     if type(text_encoder).__name__ != "CLIPTextModel" or hasattr(text_encoder, "text_model"):
         return  # transformers 4.x already saves text_model.…
@@ -65,7 +65,7 @@ def _nest_clip_keys(text_encoder: nn.Module, folder: Path) -> None:
         with safe_open(file, framework="pt") as handle:
             tensors = {CLIP_PREFIX + key: handle.get_tensor(key) for key in handle.keys()}
             metadata = handle.metadata()
-        save_file(tensors, file, metadata=metadata)
+        write_safetensors(file, tensors, metadata)
     for index_file in folder.glob("*.safetensors.index.json"):  # a sharded text encoder
         index = json.loads(index_file.read_text(encoding="utf-8"))
         index["weight_map"] = {CLIP_PREFIX + key: shard for key, shard in index["weight_map"].items()}

@@ -18,7 +18,7 @@ from dreamlr.export.factors import DEFAULT_ENERGY, LoRAFactors, layer_factors
 from dreamlr.export.files import read_safetensors
 from dreamlr.export.ldm import ldm_names
 from dreamlr.export.report import ExportReport, LayerResult
-from dreamlr.fileio import atomic_dir, atomic_path, remove_stale_temps, resolve_parent
+from dreamlr.fileio import atomic_dir, atomic_path, remove_stale_temps, resolve_parent, usual_file_modes
 
 FORMATS = ("diffusers", "peft", "kohya", "merged")
 
@@ -53,6 +53,7 @@ def export_adapter(adapter_path: str | os.PathLike, format: str, output: str | o
         detach(base.model, merge=True)  # W' in fp32, cast once to the base's dtype
         with atomic_dir(output) as tmp:
             base.save(tmp)
+            usual_file_modes(tmp)  # diffusers and transformers save .safetensors files as 0600
         return report
     factors = {name: layer_factors(layer, rank, energy, dora=format != "kohya")
                for name, layer in adapter_layers(base.model)}

@@ -14,12 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from dreamlr.errors import UserError
 from dreamlr.export import layouts, naming
 from dreamlr.export.factors import LoRAFactors
 from dreamlr.export.files import read_safetensors
+from dreamlr.fileio import write_safetensors
 from dreamlr.export.peft_lora import lora_config, module_alpha
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -41,7 +41,7 @@ def write(components: dict[str, dict[str, LoRAFactors]], path: Path, header: dic
                 tensors[f"{key}.lora_magnitude_vector.weight"] = f.magnitude_weight.contiguous()
         # names without `text_model.`: PEFT matches them as suffixes, so they fit flat and nested CLIP models
         metadata.update({f"{component}.{k}": v for k, v in lora_config(factors).items()})
-    save_file(tensors, path, metadata={**header, "format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    write_safetensors(path, tensors, {**header, "format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
 def plain(f: LoRAFactors, rank: int) -> LoRAFactors:

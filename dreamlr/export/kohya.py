@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from dreamlr.export import layouts, naming
+from dreamlr.fileio import write_safetensors
 from dreamlr.export.factors import LoRAFactors
 from dreamlr.export.files import read_safetensors
 
@@ -67,7 +67,7 @@ def write(components: dict[str, dict[str, LoRAFactors]], path: Path, header: dic
             tensors[f"{key}.lora_down.weight"] = (f.down_weight * root if root != 1 else f.down_weight).contiguous()
             tensors[f"{key}.lora_up.weight"] = (f.up_weight * root if root != 1 else f.up_weight).contiguous()
             tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
-    save_file(tensors, path, metadata=header)
+    write_safetensors(path, tensors, header)
 
 
 def read(path: Path) -> tuple[dict[str, LoRAFactors], dict[str, str]]:

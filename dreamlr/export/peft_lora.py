@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from dreamlr.errors import UserError
 from dreamlr.export import naming
 from dreamlr.export.factors import LoRAFactors
 from dreamlr.export.files import read_safetensors
+from dreamlr.fileio import write_safetensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -80,7 +80,7 @@ def write(factors: dict[str, LoRAFactors], folder: Path, base_model: str,
             tensors[f"{PREFIX}{key}.lora_B.weight"] = f.up_weight.clone().contiguous()
             if f.magnitude is not None:
                 tensors[f"{PREFIX}{key}.lora_magnitude_vector"] = f.magnitude_weight.clone().contiguous()
-    save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    write_safetensors(folder / WEIGHTS_FILE, tensors, {"format": "pt"})
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from dreamlr.errors import UserError
-from dreamlr.fileio import atomic_path
+from dreamlr.fileio import write_safetensors
 
 HEAD_FILE = "head.safetensors"
 
@@ -19,8 +19,7 @@ def save_head(model: nn.Module, names: list[str], path: str | os.PathLike) -> Pa
     """Write the named parameters (full names, as in `model.named_parameters()`) atomically."""
     params = dict(model.named_parameters())
     tensors = {name: params[name].detach().to("cpu", copy=True).contiguous() for name in names}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": "dreamlr-head"})
+    write_safetensors(path, tensors, {"format": "dreamlr-head"})
     return Path(path)
 
 
