@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                                         if p.is_dir()))})
     def classifier_stage():
         steps, batch = plan["classifier"]
-        model, log = train_classifier(data, work / "classifier", steps, batch, seed=args.seed,
+        # its own images: every (class, context) pair, held-out ones included, so that it judges them fairly
+        seen = build_data(args.seed + 1, plan["instances"], 2, progress, heldout=True)
+        model, log = train_classifier(seen, work / "classifier", steps, batch, seed=args.seed,
                                       width=plan["classifier_width"], progress=progress)
         save_classifier(model, world / "classifier", plan["classifier_width"])
         return {"last": log[-1], "first": log[0]}

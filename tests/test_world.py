@@ -212,3 +212,12 @@ def test_quality_checks_run_on_the_toy_build(toy_world, monkeypatch):
     pipe.set_progress_bar_config(disable=True)
     result = composition(pipe, classifier, per_pair=1, steps=2)
     assert result["images"] == len(HELDOUT_PAIRS) and 0 <= result["class"] <= 1
+
+
+def test_classifier_data_covers_the_heldout_pairs():
+    from dreamlr.world.data import build_data
+
+    pairs = {(s.instance.cls, s.context) for s in build_data(0, 400, 2, progress=False, heldout=True).scenes}
+    assert pairs & HELDOUT_PAIRS
+    plain = {(s.instance.cls, s.context) for s in build_data(0, 400, 2, progress=False).scenes}
+    assert not plain & HELDOUT_PAIRS

@@ -1,6 +1,8 @@
 """The world classifier: a small CNN trained on world images to name an image's class, context, colour and
 pattern. It is used only to check generations (does the base model draw the prompt's class in the prompt's
-context?), never to train or score a model."""
+context?), never to train or score a model. It must see every (class, context) pair, held-out ones too: one
+trained without them learns that they never occur (measured: 56 % class accuracy on real renders of the
+held-out pairs, against 96 % on other pairs)."""
 
 from __future__ import annotations
 

@@ -39,13 +39,14 @@ class WorldData:
         return torch.from_numpy(self.images[indices]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
-def build_data(seed: int, instances: int, views: int, progress: bool = True) -> WorldData:
-    """Render the training set (deterministic from `seed`)."""
+def build_data(seed: int, instances: int, views: int, progress: bool = True, heldout: bool = False) -> WorldData:
+    """Render the training set (deterministic from `seed`); with `heldout`, the held-out (class, context)
+    pairs are drawn too (for the world classifier, which must not learn that they never occur)."""
     rng = np.random.default_rng(seed)
     scenes = []
     for _ in range(instances):
         instance = sample_instance(rng)
-        scenes += [sample_scene(rng, instance=instance) for _ in range(views)]
+        scenes += [sample_scene(rng, instance=instance, heldout=heldout) for _ in range(views)]
     images = np.stack([np.asarray(render(s)) for s in tqdm(scenes, desc="render world", disable=not progress)])
     return WorldData(images, scenes, views)
 
