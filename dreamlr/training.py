@@ -255,7 +255,12 @@ class CheckpointManager:
         """Restore adapter, optimizer and scheduler from a checkpoint folder; returns its step."""
         load_adapter(model, path / ADAPTER_FILE)
         state = read_training_state(path)
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # other parameter groups: another dreamlr version's layout, or another model
+            raise UserError(f"checkpoint '{path}': its optimizer state does not fit this run ({exc}); it was "
+                            "written by another dreamlr version or for other adapters: start afresh with "
+                            "--overwrite") from None
         scheduler.load_state_dict(state["lr_scheduler"])
         return int(state["step"])
 

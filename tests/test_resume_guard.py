@@ -199,3 +199,17 @@ def test_overwrite_never_deletes_the_runs_own_data(tmp_path, capsys):
     assert main(argv) == 2
     assert "--overwrite would delete" in one_error_line(capsys)
     assert sorted(p.name for p in (project / "photos").iterdir()) == sorted(p.name for p in DEMO.iterdir())
+
+
+def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_one_line(tmp_path, capsys):
+    """A checkpoint from another layout of parameter groups (e.g. a DoRA run from before the magnitude had its
+    own group) is refused with one line, not a traceback from torch."""
+    run = tmp_path / "run"
+    assert main(train_args(run, "--max-steps", "2", "--set", "checkpointing_steps=1")) == 0
+    state_file = run / "checkpoints" / "step-1" / "training_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    state["optimizer"]["param_groups"].append(dict(state["optimizer"]["param_groups"][0], params=[10_000]))
+    torch.save(state, state_file)
+    capsys.readouterr()
+    assert main(train_args(run, "--max-steps", "2", "--resume", str(run / "checkpoints" / "step-1"))) == 2
+    assert "its optimizer state does not fit this run" in one_error_line(capsys)
