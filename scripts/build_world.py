@@ -28,8 +28,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
+from dreamlr.fileio import write_safetensors  # noqa: E402
 from dreamlr.world.classifier import save_classifier, train_classifier  # noqa: E402
 from dreamlr.world.data import build_data, load_data, save_data  # noqa: E402
 from dreamlr.world.subjects import write_subjects  # noqa: E402
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         vae, log = train_vae(data, work / "vae", size, steps, batch, seed=args.seed, progress=progress)
         vae.save_pretrained(work / "vae" / "final", safe_serialization=True)
         means, stds = encode_all(vae, data)
-        save_file({"means": means.contiguous(), "stds": stds.contiguous()}, str(work / "latents.safetensors"))
+        write_safetensors(work / "latents.safetensors", {"means": means.contiguous(), "stds": stds.contiguous()})
         return {"last": log[-1], "scaling_factor": vae.config.scaling_factor}
 
     stage("vae", work / "latents.safetensors", vae_stage)

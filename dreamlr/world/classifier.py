@@ -14,9 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from dreamlr.fileio import write_safetensors
 from dreamlr.world.augment import random_resized_crop
 from dreamlr.world.data import WorldData
 from dreamlr.world.loop import run_loop, warmup_cosine
@@ -81,7 +82,7 @@ def save_classifier(model: WorldClassifier, folder: str | os.PathLike, width: in
     """classifier.safetensors + classifier.json (width and label lists)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS))
+    write_safetensors(folder / WEIGHTS, {k: v.contiguous() for k, v in model.state_dict().items()})
     (folder / "classifier.json").write_text(json.dumps({"width": width, "heads": HEADS}, indent=1) + "\n")
     return folder
 

@@ -13,8 +13,8 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
+from dreamlr.fileio import write_safetensors
 from dreamlr.world.architectures import CLIP_CONTEXT, clip_config
 from dreamlr.world.augment import normalize, random_resized_crop
 from dreamlr.world.data import WorldData
@@ -65,5 +65,5 @@ def save_clip(model: open_clip.CLIP, size: str, folder: str | os.PathLike, dtype
               "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
                                  "resize_mode": "shortest"}}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=1) + "\n")
-    save_file({k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS))
+    write_safetensors(folder / WEIGHTS, {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()})
     return folder
