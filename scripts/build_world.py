@@ -5,7 +5,7 @@ StableDiffusionPipeline folder), world-CLIP (open_clip folder), world-DINO (timm
     python scripts/build_world.py --out DIR            # full size (CPU: see the README's World section)
     python scripts/build_world.py --out DIR --toy      # seconds: every stage at toy size, for tests
 
-Stages (each with a progress bar) run in order (data, clip, dino, subjects, classifier, vae, unet) and are
+Stages (each with a progress bar) run in order (data, subjects, dino, vae, unet, classifier, clip) and are
 resumable: a finished stage is skipped, a training stage interrupted mid-way continues from its last
 checkpoint. Everything is written under --out:
 DIR/work/ (data, checkpoints, logs) and DIR/world/ (the parts, as assets/world/ holds them; point
@@ -42,8 +42,8 @@ from dreamlr.world.train_vae import encode_all, train_vae  # noqa: E402
 
 # per size: rendered instances x views, and steps/batch per training stage
 PLANS = {
-    "full": dict(instances=5000, views=4, vae=(2000, 16), unet=(10000, 64), clip=(2000, 128), dino=(1500, 96),
-                 classifier=(1000, 64), classifier_width=32),
+    "full": dict(instances=5000, views=4, vae=(1500, 32), unet=(5000, 64), clip=(1200, 128), dino=(300, 96),
+                 classifier=(600, 64), classifier_width=32),
     "toy": dict(instances=24, views=4, vae=(2, 4), unet=(2, 4), clip=(2, 8), dino=(2, 8), classifier=(2, 8),
                 classifier_width=4),
 }
@@ -100,13 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     stage("data", work / "data" / "scenes.json", data_stage)
     data = load_data(work / "data")
 
-    def clip_stage():
-        steps, batch = plan["clip"]
-        model, log = train_clip(data, work / "clip", size, steps, batch, seed=args.seed, progress=progress)
-        save_clip(model, size, world / "clip", dtype)
-        return {"last": log[-1], "first": log[0]}
-
-    stage("clip", world / "clip" / "open_clip_config.json", clip_stage)
+    stage("subjects", world / "subjects" / "prompts_and_classes.txt",
+          lambda: {"subjects": len(list(p for p in write_subjects(world / "subjects", args.seed).iterdir()
+                                        if p.is_dir()))})
 
     def dino_stage():
         steps, batch = plan["dino"]
@@ -115,19 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         return {"last": log[-1], "first": log[0]}
 
     stage("dino", world / "dino" / "config.json", dino_stage)
-    stage("subjects", world / "subjects" / "prompts_and_classes.txt",
-          lambda: {"subjects": len(list(p for p in write_subjects(world / "subjects", args.seed).iterdir()
-                                        if p.is_dir()))})
-    def classifier_stage():
-        steps, batch = plan["classifier"]
-        # its own images: every (class, context) pair, held-out ones included, so that it judges them fairly
-        seen = build_data(args.seed + 1, plan["instances"], 2, progress, heldout=True)
-        model, log = train_classifier(seen, work / "classifier", steps, batch, seed=args.seed,
-                                      width=plan["classifier_width"], progress=progress)
-        save_classifier(model, world / "classifier", plan["classifier_width"])
-        return {"last": log[-1], "first": log[0]}
-
-    stage("classifier", world / "classifier" / "classifier.json", classifier_stage)
 
     def vae_stage():
         steps, batch = plan["vae"]
@@ -152,6 +135,25 @@ def main(argv: list[str] | None = None) -> int:
         return {"last": log[-1], "first": log[0]}
 
     stage("unet", world / "model" / "model_index.json", unet_stage)
+
+    def classifier_stage():
+        steps, batch = plan["classifier"]
+        # its own images: every (class, context) pair, held-out ones included, so that it judges them fairly
+        seen = build_data(args.seed + 1, plan["instances"], 2, progress, heldout=True)
+        model, log = train_classifier(seen, work / "classifier", steps, batch, seed=args.seed,
+                                      width=plan["classifier_width"], progress=progress)
+        save_classifier(model, world / "classifier", plan["classifier_width"])
+        return {"last": log[-1], "first": log[0]}
+
+    stage("classifier", world / "classifier" / "classifier.json", classifier_stage)
+
+    def clip_stage():
+        steps, batch = plan["clip"]
+        model, log = train_clip(data, work / "clip", size, steps, batch, seed=args.seed, progress=progress)
+        save_clip(model, size, world / "clip", dtype)
+        return {"last": log[-1], "first": log[0]}
+
+    stage("clip", world / "clip" / "open_clip_config.json", clip_stage)
 
     print(f"world built in {world} (set DREAMLR_WORLD_DIR={world} to use it as `world`)", flush=True)
     return 0

@@ -29,7 +29,7 @@ PER_VARIANT = ["--set", "dora:learning_rate=0.02"]  # the module's sweep trains 
 
 
 def compare_args(out: Path, prompts: Path, variants: str = "lora,dora", *extra: str) -> list[str]:
-    return ["compare", "--config", str(REPO / "configs" / "quickstart.yaml"), "--variants", variants,
+    return ["compare", "--config", str(REPO / "configs" / "tiny-demo.yaml"), "--variants", variants,
             "--subjects", str(DEMO), "--class-name", "mug", "--output-dir", str(out), "--prompts", str(prompts),
             "--num-images", "1", "--steps", "2", "--clip", "tiny", "--dino", "tiny", *FAST, *extra]
 
@@ -235,7 +235,7 @@ def test_a_failing_variant_is_reported_and_the_others_go_on(tmp_path, capsys):
 
 
 def test_match_params_picks_ranks_with_near_equal_parameter_counts(tmp_path):
-    spec = SweepSpec(config_file=str(REPO / "configs" / "quickstart.yaml"),
+    spec = SweepSpec(config_file=str(REPO / "configs" / "tiny-demo.yaml"),
                      variants=["lora", "loraplus", "dora", "singlora", "dual_lora", "d2lora"],
                      subjects=dreambench_like(tmp_path, {"mug": "mug"}), output_dir=tmp_path / "out",
                      overrides={"adapter.rank": 4}, match="params")
@@ -292,6 +292,15 @@ def test_dreambench_folder_gives_subjects_with_classes_and_their_prompt_list(tmp
     assert subjects[0].instance_prompt("sks") == "a photo of sks dog"
 
 
+def test_a_dreambench_file_with_only_one_prompt_list_is_refused(tmp_path):
+    dreambench_like(tmp_path, {"dog": "dog"})
+    index = tmp_path / "dataset" / "prompts_and_classes.txt"
+    index.write_text(index.read_text() + "\n\nObject Prompts\n\nprompt_list = [\n"
+                     "'a {0} {1} in the snow'.format(unique_token, class_token),\n]\n")
+    with pytest.raises(UserError, match="lists only object prompts"):
+        dreambench_subjects(tmp_path / "dataset")
+
+
 def test_a_dreambench_folder_reached_through_a_symlink_is_recorded_resolved(tmp_path):
     dreambench_like(tmp_path, {"dog": "dog"})
     link = tmp_path / "link"
@@ -309,12 +318,13 @@ def test_the_real_dreambench_folder_is_read_in_its_file_order():
     assert names == [n for n in ("backpack", "cat", "dog", "dog2", "rc_car", "robot_toy", "teapot", "vase")
                      if n in names] and len(names) >= 2
     assert {s.name: s.class_name for s in subjects}.get("rc_car", "toy") == "toy"
+    assert all(s.prompt_lists is None for s in subjects)  # its lists are DreamBench's own: the built-ins apply
     assert [s.name for s in dreambench_subjects(DREAMBENCH, [names[1]])] == [names[1]]
 
 
 @pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="DreamBench data not present")
 def test_compare_on_a_dreambench_subject_trains_on_its_class_prompt(tmp_path):
-    args = ["compare", "--config", str(REPO / "configs" / "quickstart.yaml"), "--variants", "lora",
+    args = ["compare", "--config", str(REPO / "configs" / "tiny-demo.yaml"), "--variants", "lora",
             "--dreambench", str(DREAMBENCH), "--dreambench-subjects", "dog", "--output-dir", str(tmp_path / "out"),
             "--max-prompts", "1", "--num-images", "1", "--steps", "2", "--clip", "tiny", "--dino", "tiny", *FAST]
     assert main(args) == 0
@@ -369,7 +379,7 @@ def test_a_model_or_encoder_that_cannot_load_stops_the_sweep_before_training(tmp
 
 
 def test_dreambench_options_are_checked(tmp_path, capsys):
-    base = ["compare", "--config", str(REPO / "configs" / "quickstart.yaml"), "--output-dir", str(tmp_path / "o")]
+    base = ["compare", "--config", str(REPO / "configs" / "tiny-demo.yaml"), "--output-dir", str(tmp_path / "o")]
     assert main([*base, "--dreambench", str(DEMO)]) == 2
     assert "has no prompts_and_classes.txt" in capsys.readouterr().err
     dreambench_like(tmp_path, {"dog": "dog"})

@@ -29,7 +29,7 @@ def sweep(tmp_path_factory) -> Path:
     """A finished two-variant sweep (lora, singlora) on the demo subject, on `tiny` with tiny encoders."""
     root = tmp_path_factory.mktemp("report")
     (root / "prompts.txt").write_text("a {token} {class} on the beach\na red {token} {class}\n")
-    args = ["compare", "--config", str(REPO / "configs" / "quickstart.yaml"), "--variants", "lora,singlora",
+    args = ["compare", "--config", str(REPO / "configs" / "tiny-demo.yaml"), "--variants", "lora,singlora",
             "--subjects", str(DEMO), "--class-name", "mug", "--output-dir", str(root / "out"),
             "--prompts", str(root / "prompts.txt"), "--num-images", "1", "--steps", "2", "--clip", "tiny",
             "--dino", "tiny", "--set", "max_train_steps=3", "--set", "resolution=32",

@@ -107,7 +107,7 @@ def command(case: str, box: Path, made: dict[str, Path], tmp_path_factory) -> tu
     """(argv, expected exit code, the sandbox folder it may change) for one hostile or `..` case."""
     train = ["train", "--model", "tiny", "--instance-dir", str(box / "subject"), "--instance-prompt", "a sks mug",
              *QUICK]
-    compare = ["compare", "--config", str(REPO / "configs" / "quickstart.yaml"), "--variants", "lora",
+    compare = ["compare", "--config", str(REPO / "configs" / "tiny-demo.yaml"), "--variants", "lora",
                "--prompts", str(made["prompts"]), "--num-images", "1", "--steps", "2", *ENCODERS, *QUICK]
     generate = ["generate", "--model", "tiny", "--prompts", str(made["prompts"]), "--class-name", "mug",
                 "--num-images", "1", "--steps", "2", "--resolution", "32"]

@@ -37,7 +37,7 @@ def run_config(tmp_path: Path, **overrides) -> DreamBoothConfig:
 def test_bf16_mixed_precision_trains_and_samples_from_the_cli(variant, tmp_path):
     """bf16 on the CPU: Dual LoRA's own autograd function and the validation images (the prepared UNet hands
     fp32 latents to a bf16 VAE) both work, as configs/sd15-dual-lora.yaml needs."""
-    code = main(["train", "--config", str(REPO / "configs" / "quickstart.yaml"), "--variant", variant,
+    code = main(["train", "--config", str(REPO / "configs" / "tiny-demo.yaml"), "--variant", variant,
                  "--set", "mixed_precision=bf16", "--max-steps", "2", "--set", "validation_steps=2",
                  "--set", "num_validation_images=1", "--set", "validation_inference_steps=2", "--set", "resolution=32",
                  "--set", f"instance_data_dir={DEMO}", "--output-dir", str(tmp_path / "run")])

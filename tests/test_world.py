@@ -16,6 +16,7 @@ from transformers import CLIPTokenizer
 
 from dreamlr.cli import main as cli_main
 from dreamlr.compare.subjects import dreambench_subjects
+from dreamlr.compare.sweep import SweepSpec, subject_prompts
 from dreamlr.errors import UserError
 from dreamlr.evaluation.dreambench import LIVE_PROMPTS, OBJECT_PROMPTS
 from dreamlr.evaluation.prompts import load_prompts
@@ -125,6 +126,13 @@ def test_subject_folders_load_as_a_dreambench_dataset(tmp_path):
         assert len(list(subject.images.glob("*.png"))) == IMAGES_PER_SUBJECT
     prompts = load_prompts(str(root / "prompts_live.txt"), "sks", "dog")
     assert len(prompts) == 25 and prompts[10].text == "a sks dog wearing a red hat"
+    # `--dreambench` on the world's folder takes the world's own lists from prompts_and_classes.txt
+    spec = SweepSpec(config_file=None, variants=["lora"], subjects=subjects, output_dir=tmp_path / "out")
+    by_name = {s.name: s for s in subjects}
+    mug = [p.text for p in subject_prompts(spec, by_name["mug"])]
+    assert mug == [fill(t, "mug", "sks") for t in WORLD_OBJECT_PROMPTS]
+    dog = [p.text for p in subject_prompts(spec, by_name["dog"])]
+    assert dog == [fill(t, "dog", "sks") for t in WORLD_LIVE_PROMPTS]
     again = write_subjects(tmp_path / "again")
 
     def digest(folder: Path) -> list[str]:

@@ -4,16 +4,19 @@ from a DreamBench dataset folder (google/dreambooth `dataset/` layout)."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from dreamlr.errors import UserError
-from dreamlr.evaluation.dreambench import SUBJECT_CLASSES
+from dreamlr.evaluation.dreambench import PROMPT_LISTS, SUBJECT_CLASSES
 from dreamlr.fileio import check_plain_name
 from dreamlr.images import image_files
 
 DREAMBENCH_INDEX = "prompts_and_classes.txt"
 _CLASS_HEADER = "subject_name,class"
+_LIST_HEADERS = {"Object Prompts": "object", "Live Subject Prompts": "live"}
+_PROMPT_LINE = re.compile(r"""^'(.*)'\.format\(unique_token, class_token\),?$""")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class Subject:
     name: str
     images: Path
     class_name: str
+    prompt_lists: dict[str, tuple[str, ...]] | None = None  # the dataset's own object/live prompt lists
 
     def instance_prompt(self, token: str) -> str:
         """The training prompt, DreamBooth's `a photo of <token> <class>`."""
@@ -64,6 +68,7 @@ def dreambench_subjects(root: str | os.PathLike, names: list[str] | None = None)
         raise UserError(f"--dreambench '{root}' has no {DREAMBENCH_INDEX}; give the DreamBooth dataset folder "
                         "(subject folders + prompts_and_classes.txt)")
     classes = read_subject_classes(index)
+    lists = read_prompt_lists(index)
     if names:
         unknown = [n for n in names if n not in classes]
         if unknown:
@@ -77,7 +82,7 @@ def dreambench_subjects(root: str | os.PathLike, names: list[str] | None = None)
     subjects = []
     for name in chosen:
         image_files(root / name, "subject")
-        subjects.append(Subject(name, root / name, classes[name]))
+        subjects.append(Subject(name, root / name, classes[name], lists))
     return _unique(subjects)
 
 
@@ -96,6 +101,30 @@ def read_subject_classes(path: Path) -> dict[str, str]:
             check_plain_name(name.strip(), f"'{path}': subject")
             classes[name.strip()] = class_name.strip()
     return classes
+
+
+def read_prompt_lists(path: Path) -> dict[str, tuple[str, ...]] | None:
+    """The `Object Prompts` and `Live Subject Prompts` lists of `prompts_and_classes.txt` as `{token}`/`{class}`
+    templates (google/dreambooth writes each as `'a {0} {1} in the snow'.format(unique_token, class_token)`);
+    None when the file has neither or they are DreamBench's own (the built-in lists then apply)."""
+    lists: dict[str, list[str]] = {}
+    kind = None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if line in _LIST_HEADERS:
+            kind = _LIST_HEADERS[line]
+            lists[kind] = []
+            continue
+        match = _PROMPT_LINE.match(line)
+        if kind and match:
+            lists[kind].append(match.group(1).replace("{0}", "{token}").replace("{1}", "{class}"))
+    found = {k: tuple(v) for k, v in lists.items() if v}
+    if not found:
+        return None
+    if set(found) != set(_LIST_HEADERS.values()):
+        raise UserError(f"'{path}' lists only {next(iter(found))} prompts; give both the 'Object Prompts' and the "
+                        "'Live Subject Prompts' lists, or neither (then DreamBench's own lists apply)")
+    return None if found == PROMPT_LISTS else found
 
 
 def _unique(subjects: list[Subject]) -> list[Subject]:

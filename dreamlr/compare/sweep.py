@@ -237,8 +237,9 @@ def split_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, dict[st
 
 
 def subject_prompts(spec: SweepSpec, subject: Subject) -> list[Prompt]:
-    """The prompt set of a subject (DreamBench list by class, or a file), cut to --max-prompts."""
-    return load_prompts(spec.prompts, spec.token, subject.class_name)[:spec.max_prompts]
+    """The prompt set of a subject (DreamBench list by class -- the dataset's own lists where its
+    prompts_and_classes.txt has them -- or a file), cut to --max-prompts."""
+    return load_prompts(spec.prompts, spec.token, subject.class_name, subject.prompt_lists)[:spec.max_prompts]
 
 
 def generation_settings(spec: SweepSpec, config: DreamBoothConfig) -> Settings:
@@ -326,7 +327,8 @@ def _failure(exc: Exception) -> dict[str, Any]:
 
 
 def _generation_extra(spec: SweepSpec, subject: Subject) -> dict[str, Any]:
-    return {"prompts": spec.prompts, "token": spec.token, "class_name": subject.class_name}
+    extra = {"prompts": spec.prompts, "token": spec.token, "class_name": subject.class_name}
+    return {**extra, "prompt_lists": subject.prompt_lists} if subject.prompt_lists else extra
 
 
 def _scores_line(overall: dict[str, Any]) -> str:

@@ -28,13 +28,14 @@ def remove_token(prompt: str, token: str) -> str:
     return " ".join(re.sub(rf"(?<!\w){re.escape(token)}(?!\w)", " ", prompt).split())
 
 
-def load_prompts(source: str, token: str, class_name: str | None = None) -> list[Prompt]:
+def load_prompts(source: str, token: str, class_name: str | None = None,
+                 lists: dict[str, tuple[str, ...]] | None = None) -> list[Prompt]:
     """Prompts from `dreambench:object`, `dreambench:live`, `dreambench` (list chosen by class) or a file.
 
-    A file holds one prompt per line (UTF-8; blank lines and lines starting with `#` are skipped);
+    `lists` replaces DreamBench's two lists (a dataset's own, e.g. the world's). A file holds one prompt per line (UTF-8; blank lines and lines starting with `#` are skipped);
     `{token}` and `{class}` in a prompt are replaced by `token` and `class_name`.
     """
-    templates, where = _templates(source, class_name)
+    templates, where = _templates(source, class_name, lists)
     prompts, seen = [], {}
     for number, template in templates:
         if CLASS_FIELD in template and not class_name:
@@ -47,7 +48,8 @@ def load_prompts(source: str, token: str, class_name: str | None = None) -> list
     return prompts
 
 
-def _templates(source: str, class_name: str | None) -> tuple[list[tuple[int, str]], str]:
+def _templates(source: str, class_name: str | None,
+               lists: dict[str, tuple[str, ...]] | None) -> tuple[list[tuple[int, str]], str]:
     """(line number, template) pairs and a name for the source, for error messages."""
     if source == DREAMBENCH or source.startswith(DREAMBENCH + ":"):
         kind = source.partition(":")[2]
@@ -59,7 +61,8 @@ def _templates(source: str, class_name: str | None) -> tuple[list[tuple[int, str
         if kind not in PROMPT_LISTS:
             raise UserError(f"--prompts {source}: unknown DreamBench list; use "
                             + " or ".join(f"{DREAMBENCH}:{k}" for k in PROMPT_LISTS))
-        return list(enumerate(prompt_templates(kind), start=1)), f"{DREAMBENCH}:{kind}"
+        chosen = lists[kind] if lists else prompt_templates(kind)
+        return list(enumerate(chosen, start=1)), f"{DREAMBENCH}:{kind}"
     path = Path(source).expanduser()
     if not path.is_file():
         raise UserError(f"prompt file '{source}' does not exist; give a text file with one prompt per line, "
