@@ -1,4 +1,4 @@
-"""Stage 3: world-CLIP, open_clip's own CLIP class (ViT image tower, text tower over the world tokenizer),
+"""Stage 3: world-CLIP, open_clip's own CLIP class (ModifiedResNet image tower, text tower over the world tokenizer),
 trained contrastively (symmetric InfoNCE, learned temperature) on world images and fresh captions, and saved
 as an open_clip model folder (`open_clip_config.json`, `open_clip_model.safetensors`, tokenizer files) that
 `open_clip.create_model("local-dir:FOLDER")` and `--clip FOLDER` load."""
