@@ -135,6 +135,12 @@ CASES = [
     ("adam_weight_decay=-1", TRAIN + ["--set", "adam_weight_decay=-1"], "adam_weight_decay must be 0 or more"),
     ("lr_warmup_steps=-5", TRAIN + ["--set", "lr_warmup_steps=-5"], "lr_warmup_steps must be 0 or more, got -5"),
     ("max_grad_norm=-1", TRAIN + ["--set", "max_grad_norm=-1"], "max_grad_norm must be 0 or more"),
+    # issue 17: caption keys
+    ("caption_dropout_rate=1", TRAIN + ["--set", "caption_dropout_rate=1"], "caption_dropout_rate must be in [0, 1)"),
+    ("keep_tokens=-1", TRAIN + ["--set", "keep_tokens=-1", "--set", "shuffle_caption=true"],
+     "keep_tokens must be 0 or more, got -1"),
+    ("keep_tokens without shuffle", TRAIN + ["--set", "keep_tokens=2"], "keep_tokens only applies with shuffle_caption"),
+    ("shuffle_caption=maybe", TRAIN + ["--set", "shuffle_caption=maybe"], "shuffle_caption"),
     ("learning_rate=nan", TRAIN + ["--set", "learning_rate=.nan"], "'learning_rate' must be a finite number"),
     ("config binary", TRAIN + ["--config", "{binary}"], "is not a text file"),
     ("config folder", TRAIN + ["--config", "{folder}"], "is a folder; give a YAML file"),

@@ -167,3 +167,37 @@ def test_class_folder_errors(tmp_path):
         DreamBoothDataset(inst, "p", 32, class_dir=tmp_path / "cls")
     with pytest.raises(UserError, match=r"class folder '.*cls' does not exist"):
         DreamBoothDataset(inst, "p", 32, class_dir=tmp_path / "cls", class_prompt="a dog")
+
+
+def test_caption_policy_keeps_tokens_shuffles_the_rest_and_drops_at_its_rate():
+    from dreamlr.diffusion.captions import CaptionPolicy, with_prefix
+
+    caption = "sks dog, red collar, on grass, sunny, close-up"
+    shuffle = CaptionPolicy(shuffle=True, keep_tokens=1)
+    seen = {shuffle.apply(caption, torch.Generator().manual_seed(s)) for s in range(40)}
+    assert len(seen) > 5
+    for text in seen:
+        tags = text.split(", ")
+        assert tags[0] == "sks dog" and sorted(tags[1:]) == sorted(["red collar", "on grass", "sunny", "close-up"])
+    again = shuffle.apply(caption, torch.Generator().manual_seed(3))
+    assert again == shuffle.apply(caption, torch.Generator().manual_seed(3))  # from the generator only
+    drop = CaptionPolicy(dropout_rate=0.25)
+    gen = torch.Generator().manual_seed(0)
+    dropped = [drop.apply(caption, gen) == "" for _ in range(4000)]
+    assert abs(sum(dropped) / 4000 - 0.25) < 0.03
+    off = CaptionPolicy()
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert not off.active and off.apply(caption, gen) == caption
+    assert torch.equal(gen.get_state(), state)  # nothing drawn when every option is off
+    assert with_prefix("a dog", "sks") == "sks a dog" and with_prefix(None, "sks") is None
+
+
+def test_caption_prefix_goes_before_per_image_captions_only(tmp_path):
+    folder = tmp_path / "inst"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 32), "red").save(folder / f"{name}.png")
+    (folder / "a.txt").write_text("a dog on grass")
+    ds = DreamBoothDataset(folder, "a photo of sks dog", 32, caption_prefix="sks")
+    assert [ds[i]["prompt"] for i in range(2)] == ["sks a dog on grass", "a photo of sks dog"]

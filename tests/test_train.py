@@ -4,6 +4,7 @@ gradient accumulation, resume, and the errors users see."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,13 @@ def test_two_runs_with_one_seed_are_identical(tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
+CAPTIONS = dict(caption_dropout_rate=0.5, shuffle_caption=True, keep_tokens=1)
+
+
+@pytest.mark.parametrize("captions", [{}, CAPTIONS], ids=["plain", "caption-options"])
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, captions):
     settings = dict(max_train_steps=6, checkpointing_steps=2, adapter={"variant": "dora", "rank": 2, "targets": "attn"},
-                    lr_scheduler="linear", lr_warmup_steps=2, gradient_accumulation_steps=2)
+                    lr_scheduler="linear", lr_warmup_steps=2, gradient_accumulation_steps=2, **captions)
     whole = load_file(train_module.train(run_config(tmp_path / "whole", **settings)) / "adapter.safetensors")
 
     calls = {"n": 0}
@@ -105,6 +110,24 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_caption_options_reach_the_text_encoder(tmp_path, monkeypatch):
+    seen = []
+    real = train_module.PromptEncoder.__call__
+    monkeypatch.setattr(train_module.PromptEncoder, "__call__", lambda self, prompts: (seen.extend(prompts),
+                                                                                      real(self, prompts))[1])
+    instance = tmp_path / "inst"
+    shutil.copytree(DEMO, instance)
+    for path in instance.glob("*.png"):
+        path.with_suffix(".txt").write_text("red mug, yellow stripes, white star, on a table")
+    config = run_config(tmp_path, instance_data_dir=str(instance), max_train_steps=12, caption_prefix="sks",
+                        num_validation_images=0, **CAPTIONS)
+    train_module.train(config)
+    assert "" in seen  # dropped captions
+    kept = [p for p in seen if p]
+    assert kept and all(p.startswith("sks red mug, ") for p in kept)
+    assert len(set(kept)) > 1  # shuffled tags
 
 
 def test_gradient_accumulation_steps_the_schedule_per_optimizer_step(tmp_path, monkeypatch):

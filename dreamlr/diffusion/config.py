@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamlr.adapters import AdapterConfig
+from dreamlr.diffusion.captions import CaptionPolicy
 from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
 from dreamlr.errors import UserError
 from dreamlr.training import LR_SCHEDULERS
@@ -38,6 +39,10 @@ class DreamBoothConfig:
     prior_loss_weight: float = 1.0
     resolution: int = 512
     center_crop: bool = True
+    caption_prefix: str | None = None
+    shuffle_caption: bool = False
+    keep_tokens: int = 0
+    caption_dropout_rate: float = 0.0
     random_flip: bool = False
     train_batch_size: int = 1
     max_train_steps: int = 400
@@ -89,6 +94,12 @@ class DreamBoothConfig:
                     "validation_steps", "checkpointing_steps", "validation_inference_steps"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.keep_tokens < 0:
+            raise UserError(f"keep_tokens must be 0 or more, got {self.keep_tokens}")
+        if not 0 <= self.caption_dropout_rate < 1:
+            raise UserError(f"caption_dropout_rate must be in [0, 1), got {self.caption_dropout_rate}")
+        if self.keep_tokens and not self.shuffle_caption:
+            raise UserError("keep_tokens only applies with shuffle_caption: true; set both or drop keep_tokens")
         if self.learning_rate <= 0 or (self.text_encoder_lr is not None and self.text_encoder_lr <= 0):
             raise UserError("learning rates must be positive")
         check_optimizer_keys(self, "adam_weight_decay")
@@ -108,6 +119,9 @@ class DreamBoothConfig:
         self.unet_adapter_config()
         if self.train_text_encoder:
             self.text_encoder_adapter_config()
+
+    def caption_policy(self) -> CaptionPolicy:
+        return CaptionPolicy(self.caption_dropout_rate, self.shuffle_caption, self.keep_tokens)
 
     def unet_adapter_config(self) -> AdapterConfig:
         return AdapterConfig.from_dict({"total_steps": self.max_train_steps, **self.adapter})

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from dreamlr.diffusion.captions import with_prefix
 from dreamlr.errors import UserError
 from dreamlr.images import image_files, read_image
 
@@ -59,7 +60,8 @@ def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
 
 
 class DreamBoothDataset(Dataset):
-    """Instance images as `pixel_values` (C×H×W in [-1, 1]) with `prompt` (caption, else the instance prompt).
+    """Instance images as `pixel_values` (C×H×W in [-1, 1]) with `prompt` (caption, after `caption_prefix`
+    when given, else the instance prompt).
 
     With `class_dir` (prior preservation) each item also has `class_pixel_values` and `class_prompt`;
     the shorter list cycles. Random crops and flips depend only on (`seed`, epoch, index): call
@@ -77,6 +79,7 @@ class DreamBoothDataset(Dataset):
         random_flip: bool = False,
         seed: int = 0,
         kind: str = "instance",
+        caption_prefix: str | None = None,
     ) -> None:
         if class_dir is not None and not class_prompt:
             raise UserError("prior preservation needs a class prompt along with the class image folder")
@@ -85,6 +88,7 @@ class DreamBoothDataset(Dataset):
         self.instance_prompt, self.class_prompt = instance_prompt, class_prompt
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.seed, self.epoch = seed, 0
+        self.caption_prefix = caption_prefix
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random crops and flips of epoch `epoch`."""
@@ -98,7 +102,8 @@ class DreamBoothDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
         item = self.instance[index % len(self.instance)]
-        out = {"pixel_values": self._pixels(item.image, rng), "prompt": item.caption or self.instance_prompt}
+        out = {"pixel_values": self._pixels(item.image, rng),
+               "prompt": with_prefix(item.caption, self.caption_prefix) or self.instance_prompt}
         if self.classes:
             item = self.classes[index % len(self.classes)]
             out["class_pixel_values"] = self._pixels(item.image, rng)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +165,9 @@ def micro_step(config: DreamBoothConfig, parts: Components, unet: nn.Module, emb
     indices = torch.randint(0, len(instance.prompts), (batch,), generator=generator)
     latents = instance.sample(indices, generator)
     prompts = [instance.prompts[i] for i in indices]
+    policy = config.caption_policy()
+    if policy.active:
+        prompts = [policy.apply(p, generator) for p in prompts]
     if prior is not None:
         class_indices = torch.randint(0, len(prior.prompts), (batch,), generator=generator)
         latents = torch.cat([latents, prior.sample(class_indices, generator)])
@@ -182,11 +186,13 @@ def micro_step(config: DreamBoothConfig, parts: Components, unet: nn.Module, emb
 
 
 class PromptEncoder:
-    """Text embeddings of prompts; cached once when the text encoder is frozen."""
+    """Text embeddings of prompts; when the text encoder is frozen, cached per distinct prompt (the
+    `capacity` most recently used: shuffled captions can make many)."""
 
-    def __init__(self, parts: Components, text_encoder: nn.Module, trainable: bool) -> None:
+    def __init__(self, parts: Components, text_encoder: nn.Module, trainable: bool, capacity: int = 1024) -> None:
         self.tokenizer, self.text_encoder, self.trainable = parts.tokenizer, text_encoder, trainable
-        self.cache: dict[str, torch.Tensor] = {}
+        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.capacity = capacity
 
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         if self.trainable:
@@ -195,7 +201,12 @@ class PromptEncoder:
         if missing:
             with torch.no_grad():
                 self.cache.update(zip(missing, self._encode(missing)))
-        return torch.stack([self.cache[p] for p in prompts])
+        for p in prompts:
+            self.cache.move_to_end(p)
+        embeddings = torch.stack([self.cache[p] for p in prompts])
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        return embeddings
 
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -209,7 +220,8 @@ def cache_latents(config: DreamBoothConfig, parts: Components, folder: str | Pat
                   device: torch.device, kind: str = "instance") -> LatentCache:
     """Encode every training view once: one per image, or 4 random crops/flips each when augmenting."""
     dataset = DreamBoothDataset(folder, prompt, config.resolution, center_crop=config.center_crop,
-                                random_flip=config.random_flip, seed=config.seed, kind=kind)
+                                random_flip=config.random_flip, seed=config.seed, kind=kind,
+                                caption_prefix=config.caption_prefix if kind == "instance" else None)
     views = 1 if config.center_crop and not config.random_flip else 4
     means, stds, prompts = [], [], []
     vae = parts.vae
