@@ -18,12 +18,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dreamlr.adapters import load_adapter, parameter_groups, save_adapter
+from dreamlr.adapters.ema import AdapterEMA
 from dreamlr.errors import UserError
-from dreamlr.fileio import atomic_dir, atomic_path, empty_folder, inside, is_temp_name, remove, remove_stale_temps
+from dreamlr.fileio import (atomic_dir, atomic_path, empty_folder, inside, is_temp_name, remove, remove_stale_temps,
+                            write_safetensors)
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "training_state.pt"
+EMA_FILE = "adapter_ema.safetensors"  # the adapter's moving average (with ema_decay), in runs and checkpoints
 
 
 class TrainingDiverged(UserError):
@@ -217,12 +220,14 @@ class CheckpointManager:
         return None
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             metadata: dict[str, Any]) -> Path:
+             metadata: dict[str, Any], ema: AdapterEMA | None = None) -> Path:
         check_weights_finite(model, optimizer, step, self, self.mixed_precision)
         target = self.root / f"step-{step}"
         inside(self.root, self.run_dir)
         with atomic_dir(target) as tmp:
             save_adapter(model, tmp / ADAPTER_FILE, metadata=metadata)
+            if ema is not None:
+                write_safetensors(tmp / EMA_FILE, ema.state_dict())
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict()},
                        tmp / STATE_FILE)
         if self.total_limit:
@@ -251,9 +256,16 @@ class CheckpointManager:
         return step
 
     @staticmethod
-    def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-        """Restore adapter, optimizer and scheduler from a checkpoint folder; returns its step."""
+    def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             ema: AdapterEMA | None = None) -> int:
+        """Restore adapter, optimizer, scheduler (and the EMA) from a checkpoint folder; returns its step."""
         load_adapter(model, path / ADAPTER_FILE)
+        if ema is not None:
+            try:
+                ema.load_state_dict(load_file(path / EMA_FILE))
+            except (OSError, SafetensorError, ValueError) as exc:
+                raise UserError(f"checkpoint '{path}': its EMA ({EMA_FILE}) is missing or does not fit this run "
+                                f"({exc}); start afresh with --overwrite") from None
         state = read_training_state(path)
         try:
             optimizer.load_state_dict(state["optimizer"])

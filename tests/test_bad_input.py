@@ -140,6 +140,7 @@ CASES = [
     ("keep_tokens=-1", TRAIN + ["--set", "keep_tokens=-1", "--set", "shuffle_caption=true"],
      "keep_tokens must be 0 or more, got -1"),
     ("keep_tokens without shuffle", TRAIN + ["--set", "keep_tokens=2"], "keep_tokens only applies with shuffle_caption"),
+    ("ema_decay=1", TRAIN + ["--set", "ema_decay=1"], "ema_decay must be in (0, 1)"),
     ("shuffle_caption=maybe", TRAIN + ["--set", "shuffle_caption=maybe"], "shuffle_caption"),
     ("learning_rate=nan", TRAIN + ["--set", "learning_rate=.nan"], "'learning_rate' must be a finite number"),
     ("config binary", TRAIN + ["--config", "{binary}"], "is not a text file"),

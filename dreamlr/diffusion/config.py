@@ -56,6 +56,7 @@ class DreamBoothConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
+    ema_decay: float | None = None
     mixed_precision: str = "no"
     snr_gamma: float | None = None
     noise_offset: float = 0.0
@@ -94,6 +95,8 @@ class DreamBoothConfig:
                     "validation_steps", "checkpointing_steps", "validation_inference_steps"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise UserError(f"ema_decay must be in (0, 1) (e.g. 0.999) or null, got {self.ema_decay}")
         if self.keep_tokens < 0:
             raise UserError(f"keep_tokens must be 0 or more, got {self.keep_tokens}")
         if not 0 <= self.caption_dropout_rate < 1:

@@ -15,6 +15,7 @@ from torch import nn
 
 from dreamlr import __version__
 from dreamlr.adapters import AdapterConfig, attach, count_parameters, save_adapter, set_step
+from dreamlr.adapters.ema import AdapterEMA
 from dreamlr.diffusion.config import DreamBoothConfig
 from dreamlr.diffusion.data import DreamBoothDataset, load_instance_images
 from dreamlr.images import IMAGE_SUFFIXES
@@ -24,6 +25,7 @@ from dreamlr.errors import UserError
 from dreamlr.fileio import atomic_path, cache_root, inside, write_text, write_yaml
 from dreamlr.training import (
     ADAPTER_FILE,
+    EMA_FILE,
     CheckpointManager,
     MetricsLog,
     adapter_groups,
@@ -105,9 +107,10 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     optimizer = build_optimizer(adapter_groups(optimizer_parts), beta1=config.adam_beta1, beta2=config.adam_beta2,
                                 weight_decay=config.adam_weight_decay, epsilon=config.adam_epsilon)
     lr_scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
+    ema = AdapterEMA(adapted, config.ema_decay) if config.ema_decay else None
     start_step = 0
     if resume_from is not None:
-        start_step = CheckpointManager.load(resume_from, adapted, optimizer, lr_scheduler)
+        start_step = CheckpointManager.load(resume_from, adapted, optimizer, lr_scheduler, ema)
     set_step(adapted, start_step)
     unet, text_encoder, optimizer = accelerator.prepare(parts.unet, parts.text_encoder, optimizer)
 
@@ -135,6 +138,8 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update()
         done = step + 1
         set_step(adapted, done)
         bar.update(1)
@@ -144,7 +149,7 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
                           step_seconds=round(time.perf_counter() - started, 4),
                           peak_memory_mb=round(peak_memory_mb(device), 1))
             if done % config.checkpointing_steps == 0 and done < config.max_train_steps:
-                checkpoints.save(done, adapted, optimizer, lr_scheduler, metadata)
+                checkpoints.save(done, adapted, optimizer, lr_scheduler, metadata, ema)
             if done % config.validation_steps == 0 or done == config.max_train_steps:
                 with accelerator.autocast():  # the prepared UNet returns fp32 latents to a bf16/fp16 VAE
                     save_samples(config, parts, run_dir / "samples" / f"step-{done}", device)
@@ -153,6 +158,10 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     if accelerator.is_main_process:
         check_weights_finite(adapted, optimizer, config.max_train_steps, checkpoints, config.mixed_precision)
         save_adapter(adapted, run_dir / ADAPTER_FILE, metadata={**metadata, "step": config.max_train_steps})
+        if ema is not None:
+            with ema.applied():
+                save_adapter(adapted, run_dir / EMA_FILE, metadata={**metadata, "step": config.max_train_steps,
+                                                                    "ema_decay": config.ema_decay})
         write_text(run_dir / "README.md", model_card(config, count_parameters(adapted)))
     return run_dir
 
@@ -298,6 +307,7 @@ def model_card(config: DreamBoothConfig, trainable: int) -> str:
 - trainable parameters: {trainable:,}
 - steps: {config.max_train_steps} (batch {config.train_batch_size} × {config.gradient_accumulation_steps} accumulation), learning rate {config.learning_rate}, seed {config.seed}
 - prior preservation: {f"yes, '{config.class_prompt}', weight {config.prior_loss_weight}" if config.with_prior_preservation else "no"}
+- EMA: {f"decay {config.ema_decay}; `{EMA_FILE}` holds the moving average, `{ADAPTER_FILE}` the last step's tensors" if config.ema_decay else "no"}
 - trained with dreamlr {__version__}
 
 ## Use it
