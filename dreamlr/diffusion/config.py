@@ -13,6 +13,7 @@ from typing import Any
 from dreamlr.adapters import AdapterConfig
 from dreamlr.diffusion.captions import CaptionPolicy
 from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
+from dreamlr import tracking
 from dreamlr.errors import UserError
 from dreamlr.training import LR_SCHEDULERS
 
@@ -68,6 +69,7 @@ class DreamBoothConfig:
     num_validation_images: int = 2
     validation_inference_steps: int = 25
     resume_from_checkpoint: str | None = None
+    report_to: str = "none"
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
@@ -97,6 +99,7 @@ class DreamBoothConfig:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise UserError(f"ema_decay must be in (0, 1) (e.g. 0.999) or null, got {self.ema_decay}")
+        tracking.check_report_to(self.report_to)
         if self.keep_tokens < 0:
             raise UserError(f"keep_tokens must be 0 or more, got {self.keep_tokens}")
         if not 0 <= self.caption_dropout_rate < 1:

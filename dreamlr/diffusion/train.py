@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from PIL import Image
 from torch import nn
 
-from dreamlr import __version__
+from dreamlr import __version__, tracking
 from dreamlr.adapters import AdapterConfig, attach, count_parameters, save_adapter, set_step
 from dreamlr.adapters.ema import AdapterEMA
 from dreamlr.diffusion.config import DreamBoothConfig
@@ -43,7 +44,7 @@ from dreamlr.training import (
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # keys a resumed run may change: how long it runs, how often it checkpoints and samples
 RESUME_MAY_CHANGE = ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "validation_prompt",
-                     "validation_steps", "num_validation_images", "validation_inference_steps")
+                     "validation_steps", "num_validation_images", "validation_inference_steps", "report_to")
 
 
 @dataclass
@@ -79,7 +80,8 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
         CheckpointManager.checkpoint_step(resume_from, config.max_train_steps)
     # one process may train several runs (dreamlr compare): let each choose its own precision
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              **tracking.accelerator_options(config.report_to, run_dir))
     device, weight_dtype = accelerator.device, DTYPES[config.mixed_precision]
     parts = load_components(config.pretrained_model_name_or_path)
     class_dir = prepare_class_images(config, parts, device) if config.with_prior_preservation else None
@@ -116,6 +118,7 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
 
     start_run_folder(run_dir, overwrite)
     write_yaml(run_dir / "config.yaml", config.to_dict())
+    tracking.start(accelerator, config.report_to, config.to_dict())
     metrics = MetricsLog(run_dir / "metrics.jsonl", start_step)
     metadata = run_metadata(config)
     embed = PromptEncoder(parts, text_encoder, trainable=config.train_text_encoder)
@@ -133,8 +136,9 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
             check_finite(loss.detach(), step + 1, checkpoints, config.mixed_precision)
             accelerator.backward(loss / config.gradient_accumulation_steps)
             losses.append(loss.item())
+        grad_norm = None
         if config.max_grad_norm:
-            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -145,16 +149,21 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
         if accelerator.is_main_process:
-            metrics.write(step=done, loss=sum(losses) / len(losses), lr=lr_scheduler.get_last_lr()[0],
-                          step_seconds=round(time.perf_counter() - started, 4),
-                          peak_memory_mb=round(peak_memory_mb(device), 1))
+            values = {"loss": sum(losses) / len(losses), "lr": lr_scheduler.get_last_lr()[0],
+                      "step_seconds": round(time.perf_counter() - started, 4)}
+            if grad_norm is not None:
+                values["grad_norm"] = round(grad_norm, 6)
+            metrics.write(step=done, **values, peak_memory_mb=round(peak_memory_mb(device), 1))
+            accelerator.log(values, step=done)
             if done % config.checkpointing_steps == 0 and done < config.max_train_steps:
                 checkpoints.save(done, adapted, optimizer, lr_scheduler, metadata, ema)
             if done % config.validation_steps == 0 or done == config.max_train_steps:
                 with accelerator.autocast():  # the prepared UNet returns fp32 latents to a bf16/fp16 VAE
-                    save_samples(config, parts, run_dir / "samples" / f"step-{done}", device)
+                    images = save_samples(config, parts, run_dir / "samples" / f"step-{done}", device)
+                tracking.log_images(accelerator, config.report_to, images, done)
                 unet.train()
     bar.close()
+    accelerator.end_training()
     if accelerator.is_main_process:
         check_weights_finite(adapted, optimizer, config.max_train_steps, checkpoints, config.mixed_precision)
         save_adapter(adapted, run_dir / ADAPTER_FILE, metadata={**metadata, "step": config.max_train_steps})
@@ -274,21 +283,25 @@ def class_image_cache(config: DreamBoothConfig) -> Path:
 
 
 @torch.no_grad()
-def save_samples(config: DreamBoothConfig, parts: Components, folder: Path, device: torch.device) -> None:
-    """Validation images from the current adapter, same seeds every time."""
+def save_samples(config: DreamBoothConfig, parts: Components, folder: Path,
+                 device: torch.device) -> list[Image.Image]:
+    """Validation images from the current adapter, same seeds every time; returns them."""
     if not config.num_validation_images:
-        return
+        return []
     pipe = pipeline_from_components(parts)
     pipe.set_progress_bar_config(disable=True)
     prompt = config.validation_prompt or config.instance_prompt
     generator = torch.Generator().manual_seed(config.seed)
     inside(folder, Path(config.output_dir).expanduser())
     folder.mkdir(parents=True, exist_ok=True)
+    images = []
     for index in range(config.num_validation_images):
         image = pipe(prompt, height=config.resolution, width=config.resolution,
                      num_inference_steps=config.validation_inference_steps, generator=generator).images[0]
         with atomic_path(folder / f"{index}.png") as tmp:
             image.save(tmp, format="PNG")
+        images.append(image)
+    return images
 
 
 def run_metadata(config: DreamBoothConfig) -> dict:
