@@ -103,6 +103,25 @@ def test_validation_samples_show_across_steps(sweep, tmp_path):
     assert 'title="step 3"' in (copy / "report.html").read_text()
 
 
+def test_sample_prompt_images_show_per_prompt_across_steps(sweep, tmp_path):
+    copy = tmp_path / "sample-prompts"
+    shutil.copytree(sweep, copy)
+    samples = copy / "runs" / "lora" / "demo_subject" / "samples"
+    for step in (2, 4):
+        (samples / f"step-{step}").mkdir(parents=True)
+        for k in range(2):
+            Image.new("RGB", (32, 32), "red").save(samples / f"step-{step}" / f"prompt-{k:02d}.png")
+    prompts = [{"text": text, "width": 32, "height": 32, "seed": 0, "steps": 2, "scale": 7.5, "negative": ""}
+               for text in ("a photo of sks mug", "sks mug in the snow")]
+    (samples / "prompts.json").write_text(json.dumps(prompts))
+    assert main(["report", str(copy)]) == 0
+    report = (copy / "report.md").read_text()
+    assert "### Sample prompts across training: demo_subject" in report
+    assert '- lora: sks mug in the snow: ![step 2](runs/lora/demo_subject/samples/step-2/prompt-01.png "step 2") ' \
+           '![step 4](runs/lora/demo_subject/samples/step-4/prompt-01.png "step 4")' in report
+    assert "Validation samples across training" not in report  # prompt-KK.png are not validation images
+
+
 def test_a_bad_reference_exits_2_with_one_line(sweep, tmp_path, capsys):
     assert main(["report", str(sweep), "--reference", "dora", "--output-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

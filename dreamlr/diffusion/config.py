@@ -12,6 +12,7 @@ from typing import Any
 
 from dreamlr.adapters import AdapterConfig
 from dreamlr.diffusion.captions import CaptionPolicy
+from dreamlr.diffusion.sample_prompts import SamplePrompt, read_sample_prompts
 from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
 from dreamlr import tracking
 from dreamlr.errors import UserError
@@ -70,6 +71,7 @@ class DreamBoothConfig:
     validation_inference_steps: int = 25
     resume_from_checkpoint: str | None = None
     report_to: str = "none"
+    sample_prompts: str | None = None
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
@@ -100,6 +102,7 @@ class DreamBoothConfig:
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise UserError(f"ema_decay must be in (0, 1) (e.g. 0.999) or null, got {self.ema_decay}")
         tracking.check_report_to(self.report_to)
+        self.sample_prompt_list()
         if self.keep_tokens < 0:
             raise UserError(f"keep_tokens must be 0 or more, got {self.keep_tokens}")
         if not 0 <= self.caption_dropout_rate < 1:
@@ -125,6 +128,13 @@ class DreamBoothConfig:
         self.unet_adapter_config()
         if self.train_text_encoder:
             self.text_encoder_adapter_config()
+
+    def sample_prompt_list(self) -> list[SamplePrompt]:
+        """The sample-prompt file's prompts (none without one); defaults: the run's resolution and seed and
+        the validation steps."""
+        if not self.sample_prompts:
+            return []
+        return read_sample_prompts(self.sample_prompts, self.resolution, self.seed, self.validation_inference_steps)
 
     def caption_policy(self) -> CaptionPolicy:
         return CaptionPolicy(self.caption_dropout_rate, self.shuffle_caption, self.keep_tokens)

@@ -21,6 +21,7 @@ from dreamlr.diffusion.config import DreamBoothConfig
 from dreamlr.diffusion.data import DreamBoothDataset, load_instance_images
 from dreamlr.images import IMAGE_SUFFIXES
 from dreamlr.diffusion.losses import dreambooth_loss
+from dreamlr.diffusion.sample_prompts import write_sheet
 from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
 from dreamlr.errors import UserError
 from dreamlr.fileio import atomic_path, cache_root, inside, write_text, write_yaml
@@ -44,7 +45,8 @@ from dreamlr.training import (
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # keys a resumed run may change: how long it runs, how often it checkpoints and samples
 RESUME_MAY_CHANGE = ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "validation_prompt",
-                     "validation_steps", "num_validation_images", "validation_inference_steps", "report_to")
+                     "validation_steps", "num_validation_images", "validation_inference_steps", "report_to",
+                     "sample_prompts")
 
 
 @dataclass
@@ -285,8 +287,10 @@ def class_image_cache(config: DreamBoothConfig) -> Path:
 @torch.no_grad()
 def save_samples(config: DreamBoothConfig, parts: Components, folder: Path,
                  device: torch.device) -> list[Image.Image]:
-    """Validation images from the current adapter, same seeds every time; returns them."""
-    if not config.num_validation_images:
+    """Validation images from the current adapter, same seeds every time, then the sample-prompt file's
+    images (and its contact sheet); returns them all."""
+    samples = config.sample_prompt_list()
+    if not config.num_validation_images and not samples:
         return []
     pipe = pipeline_from_components(parts)
     pipe.set_progress_bar_config(disable=True)
@@ -301,6 +305,15 @@ def save_samples(config: DreamBoothConfig, parts: Components, folder: Path,
         with atomic_path(folder / f"{index}.png") as tmp:
             image.save(tmp, format="PNG")
         images.append(image)
+    for index, sample in enumerate(samples):
+        image = pipe(sample.text, negative_prompt=sample.negative or None, height=sample.height, width=sample.width,
+                     num_inference_steps=sample.steps, guidance_scale=sample.scale,
+                     generator=torch.Generator().manual_seed(sample.seed)).images[0]
+        with atomic_path(folder / sample.file_name(index)) as tmp:
+            image.save(tmp, format="PNG")
+        images.append(image)
+    if samples:
+        write_sheet(folder.parent, samples)
     return images
 
 

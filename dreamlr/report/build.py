@@ -210,16 +210,22 @@ def _hover(info: dict[str, Any]) -> str:
 
 
 def _samples(subject: str, rows: list[Row]) -> list[Block]:
-    """Each variant's validation samples across training steps."""
-    lines = []
+    """Each variant's validation samples across training steps, and its sample-prompt images."""
+    lines, prompt_lines = [], []
     for row in rows:
         steps = row.sample_steps(subject)
         if steps:
             lines.append((row_title(row), [(images[0], f"step {step}") for step, images in steps]))
-    if not lines:
-        return []
-    return [Heading(f"Validation samples across training: {subject}", 3),
-            Gallery("first validation image at each saved step (left to right)", lines)]
+        for prompt, found in row.sample_prompt_steps(subject):
+            prompt_lines.append((f"{row_title(row)}: {prompt}", [(path, f"step {step}") for step, path in found]))
+    blocks: list[Block] = []
+    if lines:
+        blocks += [Heading(f"Validation samples across training: {subject}", 3),
+                   Gallery("first validation image at each saved step (left to right)", lines)]
+    if prompt_lines:
+        blocks += [Heading(f"Sample prompts across training: {subject}", 3),
+                   Gallery("each sample prompt at each saved step (left to right)", prompt_lines)]
+    return blocks
 
 
 def _column_title(row: Row) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from dreamlr.compare import records
+from dreamlr.diffusion.sample_prompts import PROMPTS_FILE, SamplePrompt
 from dreamlr.errors import UserError
 from dreamlr.evaluation.manifest import read_manifest
 
@@ -114,11 +115,31 @@ class Row:
             return []
         steps = []
         for step_dir in folder.glob("step-*"):
-            if step_dir.name[5:].isdigit():
-                images = sorted(step_dir.glob("*.png"), key=lambda p: (len(p.name), p.name))
+            if step_dir.name[5:].isdigit():  # validation images are 0.png, 1.png, …; sample prompts prompt-KK.png
+                images = sorted((p for p in step_dir.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
                 if images:
                     steps.append((int(step_dir.name[5:]), images))
         return sorted(steps)
+
+    def sample_prompt_steps(self, subject: str) -> list[tuple[str, list[tuple[int, Path]]]]:
+        """The run's sample-prompt images across training (`sample_prompts`): (prompt, [(step, image)])."""
+        entry = self.subject(subject)
+        if entry is None or not entry.get("run_dir"):
+            return []
+        folder = self.path(entry["run_dir"]) / "samples"
+        try:
+            prompts = json.loads((folder / PROMPTS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        steps = sorted(int(p.name[5:]) for p in folder.glob("step-*") if p.name[5:].isdigit())
+        out = []
+        for k, prompt in enumerate(prompts):
+            name = SamplePrompt(**prompt).file_name(k)
+            found = [(step, folder / f"step-{step}" / name) for step in steps
+                     if (folder / f"step-{step}" / name).is_file()]
+            if found:
+                out.append((prompt["text"], found))
+        return out
 
     def path(self, relative: str) -> Path:
         return self.root / relative
