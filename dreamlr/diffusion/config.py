@@ -12,6 +12,7 @@ from typing import Any
 
 from dreamlr.adapters import AdapterConfig
 from dreamlr.diffusion.captions import CaptionPolicy
+from dreamlr.diffusion.concepts import Subset, read_subsets
 from dreamlr.diffusion.sample_prompts import SamplePrompt, read_sample_prompts
 from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
 from dreamlr import tracking
@@ -41,6 +42,12 @@ class DreamBoothConfig:
     prior_loss_weight: float = 1.0
     resolution: int = 512
     center_crop: bool = True
+    bucket: bool = False
+    bucket_resolution_steps: int = 64
+    min_bucket_side: int | None = None
+    max_bucket_side: int | None = None
+    bucket_max_upscale: float = 1.0
+    dataset: dict | str | None = None
     caption_prefix: str | None = None
     shuffle_caption: bool = False
     keep_tokens: int = 0
@@ -85,16 +92,19 @@ class DreamBoothConfig:
     def validate(self) -> None:
         """Types and ranges of every key, and the adapter configs; raises UserError on the first problem."""
         check_types(self)
-        if not self.instance_data_dir:
-            raise UserError("instance_data_dir is not set: give --instance-dir DIR")
-        if Path(self.instance_data_dir).expanduser().is_file():
-            raise UserError(f"instance_data_dir '{self.instance_data_dir}' is a file, not a folder; give the folder "
-                            "that holds the subject images (--instance-dir DIR)")
+        if self.dataset is None:
+            if not self.instance_data_dir:
+                raise UserError("instance_data_dir is not set: give --instance-dir DIR")
+            if Path(self.instance_data_dir).expanduser().is_file():
+                raise UserError(f"instance_data_dir '{self.instance_data_dir}' is a file, not a folder; give the "
+                                "folder that holds the subject images (--instance-dir DIR)")
         check_output_dir(self.output_dir)
-        if not self.instance_prompt:
+        if self.dataset is None and not self.instance_prompt:
             raise UserError("instance_prompt is not set: give --instance-prompt 'a photo of sks dog'")
         if self.resolution < 8 or self.resolution % 8:
             raise UserError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        self._check_buckets()
+        subsets = self.subsets()
         for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "num_class_images",
                     "validation_steps", "checkpointing_steps", "validation_inference_steps"):
             if getattr(self, key) < 1:
@@ -116,8 +126,10 @@ class DreamBoothConfig:
             raise UserError(f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"unknown mixed_precision {self.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
-        if self.with_prior_preservation and not self.class_prompt:
-            raise UserError("with_prior_preservation needs class_prompt (e.g. 'a photo of dog')")
+        missing = next((k for k, sub in enumerate(subsets, start=1) if not sub.class_prompt), None)
+        if self.with_prior_preservation and missing is not None:
+            where = f"dataset subset {missing}" if self.dataset is not None else "with_prior_preservation"
+            raise UserError(f"{where} needs class_prompt (e.g. 'a photo of dog') for prior preservation")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise UserError(f"snr_gamma must be positive, got {self.snr_gamma}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
@@ -128,6 +140,33 @@ class DreamBoothConfig:
         self.unet_adapter_config()
         if self.train_text_encoder:
             self.text_encoder_adapter_config()
+
+    def _check_buckets(self) -> None:
+        step = self.bucket_resolution_steps
+        if step < 8 or step % 8:
+            raise UserError(f"bucket_resolution_steps must be a positive multiple of 8, got {step}")
+        for key in ("min_bucket_side", "max_bucket_side"):
+            value = getattr(self, key)
+            if value is not None and (value < step or value % step):
+                raise UserError(f"{key} must be a multiple of bucket_resolution_steps ({step}), got {value}")
+        if self.min_bucket_side and self.max_bucket_side and self.min_bucket_side > self.max_bucket_side:
+            raise UserError(f"min_bucket_side ({self.min_bucket_side}) is above max_bucket_side ({self.max_bucket_side})")
+        if self.bucket_max_upscale < 1:
+            raise UserError(f"bucket_max_upscale must be 1 or more, got {self.bucket_max_upscale}")
+
+    def bucket_options(self) -> dict[str, int | None]:
+        """Buckets(...) keywords besides the resolution."""
+        return {"step": self.bucket_resolution_steps, "min_side": self.min_bucket_side,
+                "max_side": self.max_bucket_side}
+
+    def subsets(self) -> list[Subset]:
+        """The run's concepts (`dataset`), or one made of the top-level keys."""
+        return read_subsets(self.dataset, self.to_dict())
+
+    @property
+    def main_prompt(self) -> str:
+        """The instance prompt that names the run: the top-level one, else the first subset's."""
+        return self.instance_prompt or self.subsets()[0].instance_prompt
 
     def sample_prompt_list(self) -> list[SamplePrompt]:
         """The sample-prompt file's prompts (none without one); defaults: the run's resolution and seed and

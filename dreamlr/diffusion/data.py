@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from dreamlr.diffusion.buckets import Buckets, cover
 from dreamlr.diffusion.captions import with_prefix
 from dreamlr.errors import UserError
 from dreamlr.images import image_files, read_image
@@ -80,10 +81,13 @@ class DreamBoothDataset(Dataset):
         seed: int = 0,
         kind: str = "instance",
         caption_prefix: str | None = None,
+        buckets: Buckets | None = None,
     ) -> None:
         if class_dir is not None and not class_prompt:
             raise UserError("prior preservation needs a class prompt along with the class image folder")
-        self.instance = load_instance_images(instance_dir, resolution, kind=kind)
+        # bucketed images keep their size until `cover` fits them to their bucket (one resampling)
+        self.instance = load_instance_images(instance_dir, None if buckets else resolution, kind=kind)
+        self.buckets = buckets
         self.classes = load_instance_images(class_dir, resolution, kind="class") if class_dir is not None else []
         self.instance_prompt, self.class_prompt = instance_prompt, class_prompt
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
@@ -111,14 +115,20 @@ class DreamBoothDataset(Dataset):
         return out
 
     def _pixels(self, image: Image.Image, rng: random.Random) -> torch.Tensor:
-        """Square crop at `resolution` (center or random), optional flip, scaled to [-1, 1]."""
-        image = _resize_shorter_side(image, self.resolution)
-        size = self.resolution
-        if self.center_crop:
-            left, top = (image.width - size) // 2, (image.height - size) // 2
+        """Square crop at `resolution` (or, with buckets, the image's bucket), center or random, optional
+        flip, scaled to [-1, 1]."""
+        if self.buckets is not None:
+            target = self.buckets.assign(image.width, image.height)
+            fracs = (0.5, 0.5) if self.center_crop else (rng.random(), rng.random())
+            image = cover(image, target, *fracs)
         else:
-            left, top = rng.randint(0, image.width - size), rng.randint(0, image.height - size)
-        image = image.crop((left, top, left + size, top + size))
+            image = _resize_shorter_side(image, self.resolution)
+            size = self.resolution
+            if self.center_crop:
+                left, top = (image.width - size) // 2, (image.height - size) // 2
+            else:
+                left, top = rng.randint(0, image.width - size), rng.randint(0, image.height - size)
+            image = image.crop((left, top, left + size, top + size))
         if self.random_flip and rng.random() < 0.5:
             image = ImageOps.mirror(image)
         return TF.pil_to_tensor(image).float() / 127.5 - 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -18,10 +18,12 @@ from dreamlr import __version__, tracking
 from dreamlr.adapters import AdapterConfig, attach, count_parameters, save_adapter, set_step
 from dreamlr.adapters.ema import AdapterEMA
 from dreamlr.diffusion.config import DreamBoothConfig
-from dreamlr.diffusion.data import DreamBoothDataset, load_instance_images
+from dreamlr.diffusion.concepts import Subset
+from dreamlr.diffusion.data import load_instance_images
 from dreamlr.images import IMAGE_SUFFIXES
 from dreamlr.diffusion.losses import dreambooth_loss
 from dreamlr.diffusion.sample_prompts import write_sheet
+from dreamlr.diffusion.views import ViewPool, encode_views
 from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
 from dreamlr.errors import UserError
 from dreamlr.fileio import atomic_path, cache_root, inside, write_text, write_yaml
@@ -49,33 +51,23 @@ RESUME_MAY_CHANGE = ("max_train_steps", "checkpointing_steps", "checkpoints_tota
                      "sample_prompts")
 
 
-@dataclass
-class LatentCache:
-    """VAE posteriors (mean, std) of every training view, and the prompt of each view."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-    prompts: list[str]
-
-    def sample(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn(self.mean[indices].shape, generator=generator).to(self.mean.device)
-        return self.mean[indices] + self.std[indices] * noise
-
-
 def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     """Run DreamBooth with `config`; returns the run folder (DESIGN §3 layout).
 
     The folder must be new or empty, or hold this run when resuming with the same training keys;
     `overwrite` deletes what it holds first."""
     run_dir = Path(config.output_dir).expanduser().resolve()
-    load_instance_images(config.instance_data_dir)  # fail on bad data before loading any model
-    if config.class_data_dir and not config.with_prior_preservation:
+    subsets = config.subsets()
+    for subset in subsets:
+        load_instance_images(subset.instance_data_dir)  # fail on bad data before loading any model
+    if any(s.class_data_dir for s in subsets) and not config.with_prior_preservation:
         raise UserError("class_data_dir is set but with_prior_preservation is false; enable it or drop the folder")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on the CPU")
     check_run_folder(run_dir, config.to_dict(), DreamBoothConfig().to_dict(), overwrite=overwrite,
-                     may_change=RESUME_MAY_CHANGE, inputs=(config.instance_data_dir, config.class_data_dir,
-                                                           config.pretrained_model_name_or_path))
+                     may_change=RESUME_MAY_CHANGE,
+                     inputs=(*(d for s in subsets for d in (s.instance_data_dir, s.class_data_dir)),
+                             config.pretrained_model_name_or_path))
     checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit, config.mixed_precision)
     resume_from = checkpoints.resolve(config.resume_from_checkpoint)
     if resume_from is not None:
@@ -86,14 +78,17 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
                               **tracking.accelerator_options(config.report_to, run_dir))
     device, weight_dtype = accelerator.device, DTYPES[config.mixed_precision]
     parts = load_components(config.pretrained_model_name_or_path)
-    class_dir = prepare_class_images(config, parts, device) if config.with_prior_preservation else None
+    class_dirs = [prepare_class_images(subset_config(config, s), parts, device) for s in subsets] \
+        if config.with_prior_preservation else []
 
     for model in (parts.unet, parts.vae, parts.text_encoder):
         model.requires_grad_(False).to(device)
         if model.dtype != weight_dtype:
             model.to(weight_dtype)
-    instance = cache_latents(config, parts, config.instance_data_dir, config.instance_prompt, device)
-    prior = cache_latents(config, parts, class_dir, config.class_prompt, device, "class") if class_dir else None
+    views = dict(center_crop=config.center_crop, random_flip=config.random_flip, seed=config.seed, device=device,
+                 bucket_options=config.bucket_options(), max_upscale=config.bucket_max_upscale)
+    instance = encode_views(parts.vae, [(s, None) for s in subsets], caption_prefix=config.caption_prefix, **views)
+    prior = encode_views(parts.vae, list(zip(subsets, class_dirs)), kind="class", **views) if class_dirs else None
 
     torch.manual_seed(config.seed)  # adapter initialization
     adapted = nn.ModuleDict({"unet": parts.unet})
@@ -178,20 +173,30 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
 
 
 def micro_step(config: DreamBoothConfig, parts: Components, unet: nn.Module, embed: PromptEncoder,
-               instance: LatentCache, prior: LatentCache | None, generator: torch.Generator,
+               instance: ViewPool, prior: ViewPool | None, generator: torch.Generator,
                device: torch.device, weight_dtype: torch.dtype) -> torch.Tensor:
-    """The loss of one micro-batch: instance views (+ as many class views), all randomness from `generator`."""
+    """The loss of one micro-batch: instance views (+ as many class views), all randomness from `generator`.
+    Instance and class views of one latent size share one UNet call; of two sizes (buckets), one call each."""
     batch = config.train_batch_size
-    indices = torch.randint(0, len(instance.prompts), (batch,), generator=generator)
-    latents = instance.sample(indices, generator)
-    prompts = [instance.prompts[i] for i in indices]
+    latents, prompts = instance.draw(batch, generator)
     policy = config.caption_policy()
     if policy.active:
         prompts = [policy.apply(p, generator) for p in prompts]
-    if prior is not None:
-        class_indices = torch.randint(0, len(prior.prompts), (batch,), generator=generator)
-        latents = torch.cat([latents, prior.sample(class_indices, generator)])
-        prompts += [prior.prompts[i] for i in class_indices]
+    if prior is None:
+        return _denoising(config, parts, unet, embed, latents, prompts, generator, device, weight_dtype)
+    class_latents, class_prompts = prior.draw(batch, generator)
+    if class_latents.shape == latents.shape:
+        return _denoising(config, parts, unet, embed, torch.cat([latents, class_latents]), prompts + class_prompts,
+                          generator, device, weight_dtype, prior_count=batch)
+    own = _denoising(config, parts, unet, embed, latents, prompts, generator, device, weight_dtype)
+    kept = _denoising(config, parts, unet, embed, class_latents, class_prompts, generator, device, weight_dtype)
+    return own + config.prior_loss_weight * kept
+
+
+def _denoising(config: DreamBoothConfig, parts: Components, unet: nn.Module, embed: PromptEncoder,
+               latents: torch.Tensor, prompts: list[str], generator: torch.Generator, device: torch.device,
+               weight_dtype: torch.dtype, prior_count: int = 0) -> torch.Tensor:
+    """Noise the latents at random timesteps and return the DreamBooth loss of the UNet's prediction."""
     latents = latents * parts.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator)
     if config.noise_offset:
@@ -202,7 +207,7 @@ def micro_step(config: DreamBoothConfig, parts: Components, unet: nn.Module, emb
     noisy = schedule.add_noise(latents, noise, timesteps)
     pred = unet(noisy.to(weight_dtype), timesteps, embed(prompts)).sample
     return dreambooth_loss(schedule, pred, latents, noise, timesteps, snr_gamma=config.snr_gamma,
-                           prior_count=batch if prior is not None else 0, prior_loss_weight=config.prior_loss_weight)
+                           prior_count=prior_count, prior_loss_weight=config.prior_loss_weight)
 
 
 class PromptEncoder:
@@ -235,28 +240,6 @@ class PromptEncoder:
         return self.text_encoder(tokens.to(device))[0]
 
 
-@torch.no_grad()
-def cache_latents(config: DreamBoothConfig, parts: Components, folder: str | Path, prompt: str,
-                  device: torch.device, kind: str = "instance") -> LatentCache:
-    """Encode every training view once: one per image, or 4 random crops/flips each when augmenting."""
-    dataset = DreamBoothDataset(folder, prompt, config.resolution, center_crop=config.center_crop,
-                                random_flip=config.random_flip, seed=config.seed, kind=kind,
-                                caption_prefix=config.caption_prefix if kind == "instance" else None)
-    views = 1 if config.center_crop and not config.random_flip else 4
-    means, stds, prompts = [], [], []
-    vae = parts.vae
-    for epoch in range(views):
-        dataset.set_epoch(epoch)
-        for index in range(len(dataset)):
-            item = dataset[index]
-            pixels = item["pixel_values"][None].to(device, vae.dtype)
-            posterior = vae.encode(pixels).latent_dist
-            means.append(posterior.mean.float())
-            stds.append(posterior.std.float())
-            prompts.append(item["prompt"])
-    return LatentCache(torch.cat(means), torch.cat(stds), prompts)
-
-
 def prepare_class_images(config: DreamBoothConfig, parts: Components, device: torch.device) -> Path:
     """The class-image folder, topped up to `num_class_images` with the base model's generations.
 
@@ -279,6 +262,12 @@ def prepare_class_images(config: DreamBoothConfig, parts: Components, device: to
     return folder
 
 
+def subset_config(config: DreamBoothConfig, subset: Subset) -> DreamBoothConfig:
+    """The config with one subset's class prompt, class folder and resolution (for its class images)."""
+    return dataclasses.replace(config, class_prompt=subset.class_prompt, class_data_dir=subset.class_data_dir,
+                               resolution=subset.resolution)
+
+
 def class_image_cache(config: DreamBoothConfig) -> Path:
     key = f"{config.pretrained_model_name_or_path}|{config.class_prompt}|{config.resolution}"
     return cache_root() / "class_images" / hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -294,7 +283,7 @@ def save_samples(config: DreamBoothConfig, parts: Components, folder: Path,
         return []
     pipe = pipeline_from_components(parts)
     pipe.set_progress_bar_config(disable=True)
-    prompt = config.validation_prompt or config.instance_prompt
+    prompt = config.validation_prompt or config.main_prompt
     generator = torch.Generator().manual_seed(config.seed)
     inside(folder, Path(config.output_dir).expanduser())
     folder.mkdir(parents=True, exist_ok=True)
@@ -318,22 +307,36 @@ def save_samples(config: DreamBoothConfig, parts: Components, folder: Path,
 
 
 def run_metadata(config: DreamBoothConfig) -> dict:
-    return {"base_model": config.pretrained_model_name_or_path, "instance_prompt": config.instance_prompt,
+    return {"base_model": config.pretrained_model_name_or_path, "instance_prompt": config.main_prompt,
             "dreamlr_version": __version__}
+
+
+def _concepts_lines(config: DreamBoothConfig) -> str:
+    """The model card's list of concepts (with `dataset`) and of bucketing, or nothing."""
+    lines = []
+    if config.dataset is not None:
+        lines.append("- concepts:")
+        for s in config.subsets():
+            extra = f", class prompt '{s.class_prompt}'" if config.with_prior_preservation else ""
+            lines.append(f"  - `{s.instance_data_dir}`: '{s.instance_prompt}'{extra}, repeats {s.repeats}, "
+                         f"resolution {s.resolution}{', buckets' if s.bucket else ''}")
+    elif config.bucket:
+        lines.append(f"- aspect-ratio buckets: sides multiples of {config.bucket_resolution_steps}")
+    return "".join(line + "\n" for line in lines)
 
 
 def model_card(config: DreamBoothConfig, trainable: int) -> str:
     """A short README for the run folder: what was trained and how to load it."""
     adapter = AdapterConfig.from_dict(config.adapter)
     parts = "UNet and text encoder" if config.train_text_encoder else "UNet"
-    return f"""# DreamBooth adapter: {config.instance_prompt}
+    return f"""# DreamBooth adapter: {config.main_prompt}
 
 - base model: `{config.pretrained_model_name_or_path}`
 - adapter: `{adapter.variant}`, rank {adapter.rank}, alpha {adapter.alpha}, targets `{adapter.targets}` ({parts})
 - trainable parameters: {trainable:,}
 - steps: {config.max_train_steps} (batch {config.train_batch_size} × {config.gradient_accumulation_steps} accumulation), learning rate {config.learning_rate}, seed {config.seed}
 - prior preservation: {f"yes, '{config.class_prompt}', weight {config.prior_loss_weight}" if config.with_prior_preservation else "no"}
-- EMA: {f"decay {config.ema_decay}; `{EMA_FILE}` holds the moving average, `{ADAPTER_FILE}` the last step's tensors" if config.ema_decay else "no"}
+{_concepts_lines(config)}- EMA: {f"decay {config.ema_decay}; `{EMA_FILE}` holds the moving average, `{ADAPTER_FILE}` the last step's tensors" if config.ema_decay else "no"}
 - trained with dreamlr {__version__}
 
 ## Use it
@@ -345,6 +348,6 @@ dreamlr generate --model {config.pretrained_model_name_or_path} --adapter adapte
 ```python
 from dreamlr.diffusion import load_pipeline
 pipe = load_pipeline("{config.pretrained_model_name_or_path}", adapter="adapter.safetensors", merge=True)
-image = pipe("{config.instance_prompt}").images[0]
+image = pipe("{config.main_prompt}").images[0]
 ```
 """
