@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="world", help="the base model: world (default) or tiny")
     parser.add_argument("--subjects", help="DreamBooth-layout subjects folder (default: the world's, or with "
                                            "--toy the demo subject)")
+    parser.add_argument("--dreambench-subjects", metavar="NAMES",
+                        help="only these subjects of the DreamBooth-layout folder (comma-separated)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="variants of the rank-8 sweep")
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"matched pairs to run: {', '.join(PAIRS)} or ''")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="target settings: attn-qk, attn")
@@ -81,13 +83,16 @@ def config_file(args: argparse.Namespace, out: Path) -> Path:
 
 
 def subject_args(args: argparse.Namespace) -> list[str]:
-    if args.subjects:
-        return ["--dreambench", args.subjects]
-    if args.toy or args.model == "tiny":
+    if not args.subjects and (args.toy or args.model == "tiny"):
         return ["--subjects", str(ROOT / "assets" / "demo_subject"), "--class-name", "mug"]
-    from dreamlr.world.assets import world_dir
+    if args.subjects:
+        folder = args.subjects
+    else:
+        from dreamlr.world.assets import world_dir
 
-    return ["--dreambench", str(world_dir() / "subjects")]
+        folder = str(world_dir() / "subjects")
+    chosen = ["--dreambench-subjects", args.dreambench_subjects] if args.dreambench_subjects else []
+    return ["--dreambench", folder, *chosen]
 
 
 def sweeps(args: argparse.Namespace) -> list[tuple[str, str, list[str], list[str]]]:
