@@ -17,7 +17,7 @@ from dreamlr.diffusion.buckets import Buckets, cover
 from dreamlr.diffusion.data import DreamBoothDataset
 from dreamlr.errors import UserError
 
-from test_train import DEMO, run_config
+from test_train import DEMO, run_config, train_interrupted
 
 
 def _odd_images(folder, sizes=((100, 30), (30, 100), (64, 48), (20, 20))):
@@ -103,19 +103,7 @@ def test_a_bucketed_two_concept_ema_run_resumes_bit_for_bit(tmp_path, monkeypatc
                     class_prompt="a photo of mug", num_class_images=2)
     monkeypatch.setenv("DREAMLR_CACHE", str(tmp_path / "cache"))
     whole = train_module.train(run_config(tmp_path / "whole", **settings))
-    calls = {"n": 0}
-    real = train_module.micro_step
-
-    def dies_in_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "micro_step", dies_in_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train(run_config(tmp_path / "split", **settings))
-    monkeypatch.setattr(train_module, "micro_step", real)
+    train_interrupted(run_config(tmp_path / "split", **settings), 4, monkeypatch)  # dies in step 5
     split = train_module.train(run_config(tmp_path / "split", resume_from_checkpoint="latest", **settings))
     for name in ("adapter.safetensors", "adapter_ema.safetensors"):
         a, b = load_file(whole / name), load_file(split / name)

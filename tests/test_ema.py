@@ -13,7 +13,7 @@ from dreamlr.adapters import AdapterConfig, attach
 from dreamlr.adapters.ema import AdapterEMA
 from dreamlr.diffusion import train as train_module
 
-from test_train import run_config
+from test_train import run_config, train_interrupted
 
 
 def _adapted(seed: int = 0) -> nn.Module:
@@ -63,19 +63,7 @@ def test_a_run_with_ema_writes_both_adapters_and_resumes_exactly(tmp_path, monke
     assert raw.keys() == ema.keys() and any(not torch.equal(raw[k], ema[k]) for k in raw)
     assert "adapter_ema.safetensors" in (whole_dir / "README.md").read_text()
 
-    calls = {"n": 0}
-    real = train_module.micro_step
-
-    def dies_in_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "micro_step", dies_in_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train(run_config(tmp_path / "split", **settings))
-    monkeypatch.setattr(train_module, "micro_step", real)
+    train_interrupted(run_config(tmp_path / "split", **settings), 4, monkeypatch)  # dies in step 5
     split_dir = train_module.train(run_config(tmp_path / "split", resume_from_checkpoint="latest", **settings))
     for name in ("adapter.safetensors", "adapter_ema.safetensors"):
         whole, resumed = load_file(whole_dir / name), load_file(split_dir / name)

@@ -79,6 +79,23 @@ def test_two_runs_with_one_seed_are_identical(tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def train_interrupted(config: DreamBoothConfig, micro_steps: int, monkeypatch) -> None:
+    """Run `config` and kill it (KeyboardInterrupt) inside micro-step `micro_steps + 1`, as a Ctrl-C would."""
+    calls = {"n": 0}
+    real = train_module.micro_step
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > micro_steps:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "micro_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(config)
+    monkeypatch.setattr(train_module, "micro_step", real)
+
+
 CAPTIONS = dict(caption_dropout_rate=0.5, shuffle_caption=True, keep_tokens=1)
 
 
@@ -88,22 +105,10 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch, capt
                     lr_scheduler="linear", lr_warmup_steps=2, gradient_accumulation_steps=2, **captions)
     whole = load_file(train_module.train(run_config(tmp_path / "whole", **settings)) / "adapter.safetensors")
 
-    calls = {"n": 0}
-    real_micro_step = train_module.micro_step
-
-    def killed_at_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 4 * 2:  # the run dies inside its 5th optimizer step
-            raise KeyboardInterrupt
-        return real_micro_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "micro_step", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train(run_config(tmp_path / "split", **settings))
+    train_interrupted(run_config(tmp_path / "split", **settings), 4 * 2, monkeypatch)  # dies in optimizer step 5
     run_dir = tmp_path / "split" / "run"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-2", "step-4"]
     assert not (run_dir / "adapter.safetensors").exists()
-    monkeypatch.setattr(train_module, "micro_step", real_micro_step)
 
     train_module.train(run_config(tmp_path / "split", resume_from_checkpoint="latest", **settings))
     resumed = load_file(run_dir / "adapter.safetensors")

@@ -7,6 +7,7 @@
   the context among `a photo of a <class> <context>` captions of the image's class.
 - Base-model composition: the world classifier finds the prompt's class and context in the world model's
   generations for the held-out (class, context) pairs (bars: >= 80 % each).
+- VAE: reconstruction PSNR on fresh world images.
 - Subject nearest neighbour: each subject image's nearest other image (cosine), in a gallery of every
   subject's images plus views of other instances of the same classes, is an image of the same subject
   (bar for world-DINO: >= 90 %); given for DINO and for CLIP-I, which should separate instances less.
@@ -83,6 +84,18 @@ def subject_nearest_neighbour(encoder, distractors_per_class: int = 4, views: in
 
 
 @torch.no_grad()
+def vae_psnr(vae, count: int = 64, seed: int = EVAL_SEED) -> dict[str, float]:
+    """Reconstruction PSNR (dB, pixels in [0, 1]) of the world model's VAE on `count` fresh world images
+    (encoded to the posterior mean, decoded)."""
+    scenes = [s for s, _ in world_samples(seed, count)]
+    x = torch.stack([torch.from_numpy(np.asarray(render(s))) for s in scenes]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    vae = vae.float()
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    mse = ((recon - x) / 2).square().mean(dim=(1, 2, 3))
+    return {"psnr_db": float((-10 * torch.log10(mse)).mean()), "images": count}
+
+
+@torch.no_grad()
 def composition(pipe, classifier, per_pair: int = 4, steps: int = 25, guidance: float = 5.0,
                 seed: int = EVAL_SEED) -> dict[str, float]:
     """Generate `per_pair` images of `a photo of a <class> <context>` for every held-out (class, context)
@@ -125,6 +138,7 @@ def measure(world: str | None = None, encoders: bool = True, model: bool = True)
             "context": float(np.mean([f == s.context for f, s in zip(found["context"], scenes)]))}
         pipe = load_pipeline("world")
         pipe.set_progress_bar_config(disable=True)
+        results["vae"] = vae_psnr(pipe.vae)
         results["base_composition"] = composition(pipe, classifier)
     return results
 
