@@ -33,18 +33,6 @@ class TrainingDiverged(UserError):
     """The loss or a trainable tensor stopped being finite; every checkpoint already written is kept."""
 
 
-def build_optimizer(groups: list[dict], *, beta1: float = 0.9, beta2: float = 0.999, weight_decay: float = 1e-2,
-                    epsilon: float = 1e-8) -> torch.optim.Optimizer:
-    """AdamW over parameter groups that each carry their own learning rate.
-
-    `weight_decay` applies to every group that does not set its own (`parameter_groups` sets 0 only for
-    DoRA's magnitude), adapter tensors included.
-    """
-    for group in groups:
-        group.setdefault("weight_decay", weight_decay)
-    return torch.optim.AdamW(groups, betas=(beta1, beta2), eps=epsilon, weight_decay=weight_decay)
-
-
 def adapter_groups(parts: dict[str, tuple[nn.Module, float]], weight_decay: float | None = None) -> list[dict]:
     """Optimizer groups for several adapted models, each at its own learning rate (LoRA+ ratios included);
     `weight_decay` None leaves it to `build_optimizer`."""

@@ -13,7 +13,8 @@ from torch import nn
 from dreamlr.adapters import AdapterConfig, attach
 from dreamlr.diffusion import train as diffusion_train
 from dreamlr.text.train import train as text_train
-from dreamlr.training import adapter_groups, build_optimizer
+from dreamlr.optimizers import build_optimizer
+from dreamlr.training import adapter_groups
 
 
 def test_optimizer_groups_carry_the_configured_decay_except_doras_magnitude():

@@ -17,6 +17,7 @@ from dreamlr.diffusion.sample_prompts import SamplePrompt, read_sample_prompts
 from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
 from dreamlr import tracking
 from dreamlr.errors import UserError
+from dreamlr.optimizers import check_optimizer
 from dreamlr.training import LR_SCHEDULERS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -58,6 +59,7 @@ class DreamBoothConfig:
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     learning_rate: float = 1e-4
+    optimizer: str = "adamw"
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     adam_beta1: float = 0.9
@@ -122,6 +124,7 @@ class DreamBoothConfig:
         if self.learning_rate <= 0 or (self.text_encoder_lr is not None and self.text_encoder_lr <= 0):
             raise UserError("learning rates must be positive")
         check_optimizer_keys(self, "adam_weight_decay")
+        check_optimizer(self.optimizer)
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise UserError(f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
         if self.mixed_precision not in MIXED_PRECISION:

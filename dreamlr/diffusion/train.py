@@ -27,6 +27,7 @@ from dreamlr.diffusion.views import ViewPool, encode_views
 from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
 from dreamlr.errors import UserError
 from dreamlr.fileio import atomic_path, cache_root, inside, write_text, write_yaml
+from dreamlr.optimizers import build_optimizer
 from dreamlr.training import (
     ADAPTER_FILE,
     EMA_FILE,
@@ -34,7 +35,6 @@ from dreamlr.training import (
     MetricsLog,
     adapter_groups,
     build_lr_scheduler,
-    build_optimizer,
     check_finite,
     check_run_folder,
     check_weights_finite,
@@ -103,7 +103,8 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
         if config.train_text_encoder:
             parts.text_encoder.gradient_checkpointing_enable()
 
-    optimizer = build_optimizer(adapter_groups(optimizer_parts), beta1=config.adam_beta1, beta2=config.adam_beta2,
+    optimizer = build_optimizer(adapter_groups(optimizer_parts), name=config.optimizer, beta1=config.adam_beta1,
+                                beta2=config.adam_beta2,
                                 weight_decay=config.adam_weight_decay, epsilon=config.adam_epsilon)
     lr_scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
     ema = AdapterEMA(adapted, config.ema_decay) if config.ema_decay else None

@@ -10,6 +10,7 @@ from typing import Any
 from dreamlr.adapters import AdapterConfig
 from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
 from dreamlr.errors import UserError
+from dreamlr.optimizers import check_optimizer
 from dreamlr.training import LR_SCHEDULERS
 
 TASKS = ("classification", "causal-lm")
@@ -40,6 +41,7 @@ class TextTrainConfig:
     epochs: int = 3
     max_train_steps: int | None = None
     learning_rate: float = 5e-4
+    optimizer: str = "adamw"
     head_learning_rate: float | None = None
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -86,6 +88,7 @@ class TextTrainConfig:
         if self.learning_rate <= 0 or (self.head_learning_rate is not None and self.head_learning_rate <= 0):
             raise UserError("learning rates must be positive")
         check_optimizer_keys(self, "weight_decay")
+        check_optimizer(self.optimizer)
         check_output_dir(self.output_dir)
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise UserError(f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")

@@ -30,12 +30,12 @@ from dreamlr.text.classification import ClassificationTask
 from dreamlr.text.config import TextTrainConfig
 from dreamlr.text.evaluate import EVAL_FILE, Task, make_task, write_eval
 from dreamlr.text.head import HEAD_FILE, load_head, save_head
+from dreamlr.optimizers import build_optimizer
 from dreamlr.training import (
     ADAPTER_FILE,
     CheckpointManager,
     MetricsLog,
     build_lr_scheduler,
-    build_optimizer,
     check_finite,
     check_run_folder,
     check_weights_finite,
@@ -76,7 +76,7 @@ def train(config: TextTrainConfig, overwrite: bool = False) -> Path:
     attach_adapter(model, config.adapter_config(total), head)
     model.to(default_device())
     head_lr = config.head_learning_rate or config.learning_rate
-    optimizer = build_optimizer(trainable_groups(model, head, config.learning_rate, head_lr),
+    optimizer = build_optimizer(trainable_groups(model, head, config.learning_rate, head_lr), name=config.optimizer,
                                 beta1=config.adam_beta1, beta2=config.adam_beta2,
                                 weight_decay=config.weight_decay, epsilon=config.adam_epsilon)
     scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, total)
