@@ -229,3 +229,29 @@ def test_classifier_data_covers_the_heldout_pairs():
     assert pairs & HELDOUT_PAIRS
     plain = {(s.instance.cls, s.context) for s in build_data(0, 400, 2, progress=False).scenes}
     assert not plain & HELDOUT_PAIRS
+
+
+def test_a_world_training_stage_resumes_from_its_checkpoint(tmp_path):
+    """A build stage stopped after its first checkpoint continues (the checkpoint must load with
+    weights_only, so no numpy scalars in it) to the same weights as an unbroken run."""
+    from dreamlr.world.loop import run_loop, warmup_cosine
+
+    def fit(folder, steps):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+        def step(_, rng, gen):
+            x = torch.randn(8, 3, generator=gen)
+            loss = model(x).square().mean()
+            loss.backward()
+            return {"loss": loss.item()}
+
+        run_loop("t", {"m": model}, optimizer, step, steps, folder, seed=0, checkpoint_every=2, progress=False,
+                 lr_at=warmup_cosine(1e-2, 6, 1))
+        return model
+
+    whole = fit(tmp_path / "whole", 6)
+    fit(tmp_path / "split", 2)
+    resumed = fit(tmp_path / "split", 6)
+    assert torch.equal(whole.weight, resumed.weight) and torch.equal(whole.bias, resumed.bias)

@@ -45,7 +45,7 @@ def run_loop(name: str, modules: dict[str, torch.nn.Module], optimizer: torch.op
     for step in bar:
         if lr_at is not None:
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = float(lr_at(step))  # a numpy float would not load with weights_only
         optimizer.zero_grad(set_to_none=True)
         metrics = step_fn(step, *step_rng(seed, step))
         optimizer.step()
