@@ -42,7 +42,7 @@ from dreamlr.world.train_vae import encode_all, train_vae  # noqa: E402
 
 # per size: rendered instances x views, and steps/batch per training stage
 PLANS = {
-    "full": dict(instances=5000, views=4, vae=(1000, 32), unet=(3000, 64), clip=(800, 128), dino=(300, 96),
+    "full": dict(instances=5000, views=4, vae=(1000, 32), unet=(3000, 64), clip=(600, 128), dino=(300, 96),
                  classifier=(600, 64), classifier_width=32),
     "toy": dict(instances=24, views=4, vae=(2, 4), unet=(2, 4), clip=(2, 8), dino=(2, 8), classifier=(2, 8),
                 classifier_width=4),
