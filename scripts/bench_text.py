@@ -28,10 +28,11 @@ import torch
 
 from dreamlr.adapters import AdapterConfig
 from dreamlr.fileio import write_text
+from dreamlr.optimizers import build_optimizer
 from dreamlr.text.config import TextTrainConfig
 from dreamlr.text.evaluate import make_task
 from dreamlr.text.train import attach_adapter, fit, total_steps, trainable_groups
-from dreamlr.training import CheckpointManager, build_lr_scheduler, build_optimizer
+from dreamlr.training import CheckpointManager, build_lr_scheduler
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 TARGETS = ["query", "key", "value", "attention.output.dense"]  # every attention projection (384×384)
