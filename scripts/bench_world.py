@@ -13,8 +13,8 @@ report.html.
     python scripts/bench_world.py --out runs/bench-world                      # the world model (issue 13)
     python scripts/bench_world.py --out /tmp/bw --model tiny --toy            # seconds: tiny model, demo subject
 
-Until `--model world` exists (`scripts/build_world.py`), `--model tiny --toy` runs the same pipeline on the
-random built-in model and the demo subject; its numbers mean nothing.
+`--model tiny --toy` runs the same pipeline on the random built-in model and the demo subject (the tests do);
+its numbers mean nothing.
 """
 
 from __future__ import annotations
