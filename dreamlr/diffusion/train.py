@@ -22,7 +22,7 @@ from dreamlr.diffusion.concepts import Subset
 from dreamlr.diffusion.data import load_instance_images
 from dreamlr.images import IMAGE_SUFFIXES
 from dreamlr.diffusion.losses import dreambooth_loss
-from dreamlr.diffusion.sample_prompts import write_sheet
+from dreamlr.diffusion.sample_prompts import SamplePrompt, write_sheet
 from dreamlr.diffusion.views import ViewPool, encode_views
 from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
 from dreamlr.errors import UserError
@@ -119,6 +119,7 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     tracking.start(accelerator, config.report_to, config.to_dict())
     metrics = MetricsLog(run_dir / "metrics.jsonl", start_step)
     metadata = run_metadata(config)
+    samples = config.sample_prompt_list()
     embed = PromptEncoder(parts, text_encoder, trainable=config.train_text_encoder)
     unet.train()
     text_encoder.train(config.train_text_encoder)
@@ -157,7 +158,7 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
                 checkpoints.save(done, adapted, optimizer, lr_scheduler, metadata, ema)
             if done % config.validation_steps == 0 or done == config.max_train_steps:
                 with accelerator.autocast():  # the prepared UNet returns fp32 latents to a bf16/fp16 VAE
-                    images = save_samples(config, parts, run_dir / "samples" / f"step-{done}", device)
+                    images = save_samples(config, parts, run_dir / "samples" / f"step-{done}", device, samples)
                 tracking.log_images(accelerator, config.report_to, images, done)
                 unet.train()
     bar.close()
@@ -275,11 +276,10 @@ def class_image_cache(config: DreamBoothConfig) -> Path:
 
 
 @torch.no_grad()
-def save_samples(config: DreamBoothConfig, parts: Components, folder: Path,
-                 device: torch.device) -> list[Image.Image]:
-    """Validation images from the current adapter, same seeds every time, then the sample-prompt file's
-    images (and its contact sheet); returns them all."""
-    samples = config.sample_prompt_list()
+def save_samples(config: DreamBoothConfig, parts: Components, folder: Path, device: torch.device,
+                 samples: list[SamplePrompt]) -> list[Image.Image]:
+    """Validation images from the current adapter, same seeds every time, then the images of `samples`
+    (the sample-prompt file, read once per run) and their contact sheet; returns them all."""
     if not config.num_validation_images and not samples:
         return []
     pipe = pipeline_from_components(parts)
