@@ -58,13 +58,19 @@ def _torch_bytes(obj: object) -> bytes:
 
 
 def _sdxl_folder(root: Path, pipeline_class: str = "StableDiffusionXLPipeline", text_time: bool = True) -> None:
-    """The configs of an SDXL diffusers folder (no weights: the check must not need them)."""
+    """The configs of a diffusers folder of the SDXL family (no weights: the checks must not need them).
+    The refiner has no first text encoder; SD3 has a transformer, not a UNet."""
     parts = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
              "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
              "scheduler": ["diffusers", "EulerDiscreteScheduler"]}
-    if pipeline_class.startswith("StableDiffusionXL"):
+    if pipeline_class.startswith(("StableDiffusionXL", "StableDiffusion3")):
         parts |= {"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
                   "tokenizer_2": ["transformers", "CLIPTokenizer"]}
+    if pipeline_class == "StableDiffusionXLImg2ImgPipeline":
+        parts |= {"text_encoder": [None, None], "tokenizer": [None, None]}
+    if pipeline_class == "StableDiffusion3Pipeline":
+        parts |= {"transformer": ["diffusers", "SD3Transformer2DModel"]}
+        del parts["unet"]
     root.mkdir()
     (root / "model_index.json").write_text(json.dumps({"_class_name": pipeline_class, **parts}))
     (root / "unet").mkdir()
@@ -104,12 +110,12 @@ def _build(tmp_path: Path) -> dict[str, str]:
     for name, content in (("truncated", _torch_bytes(STATE)[:100]), ("foreign", pickle.dumps(["x"], protocol=2)),
                           ("keyless", _torch_bytes({"weights": torch.zeros(2)}))):
         _checkpoint(tmp_path / f"run_{name}", content)
-    _sdxl_folder(tmp_path / "sdxl")
-    _sdxl_folder(tmp_path / "sdxl_unet", pipeline_class="StableDiffusionPipeline")
-    (tmp_path / "sdxl_config.yaml").write_text(f"pretrained_model_name_or_path: {tmp_path / 'sdxl'}\n")
+    _sdxl_folder(tmp_path / "refiner", pipeline_class="StableDiffusionXLImg2ImgPipeline")
+    _sdxl_folder(tmp_path / "sd3", pipeline_class="StableDiffusion3Pipeline")
+    (tmp_path / "sd3_config.yaml").write_text(f"pretrained_model_name_or_path: {tmp_path / 'sd3'}\n")
     names = ("binary.yaml", "folder.yaml", "folder.json", "a_file", "a_folder", "rows.tsv", "prompts.txt",
              "config.yaml", "generated", "bad_manifest", "reference", "random.bin", "pickled.pt", "mug", "run_truncated",
-             "run_foreign", "run_keyless", "sdxl", "sdxl_unet", "sdxl_config.yaml")
+             "run_foreign", "run_keyless", "refiner", "sd3", "sd3_config.yaml")
     keys = {n: n.replace(".", "_") if n == "folder.json" else n.split(".")[0] for n in names}
     return {**{k: str(v) for k, v in paths.items()}, **{keys[n]: str(tmp_path / n) for n in names},
             "subject": str(subject), "image": str(sorted(DEMO.glob("*.png"))[0])}
@@ -192,12 +198,16 @@ CASES = [
                            "--energy", "nan"], "--energy must be a finite number"),
     # 12.11: compare calls a broken subject image a subject image
     ("compare broken subject image", COMPARE, "subject image '"),
-    # 11.4: SDXL is refused by name before any weights load
-    ("train sdxl", _replace(TRAIN, "--model", "{sdxl}"), "is Stable Diffusion XL, which dreamlr does not support yet"),
-    ("train sdxl unet", _replace(TRAIN, "--model", "{sdxl_unet}"), "is Stable Diffusion XL"),
-    ("generate sdxl", _replace(GENERATE, "--model", "{sdxl}"), "is Stable Diffusion XL"),
-    ("compare sdxl", _replace(_replace(COMPARE, "--config", "{sdxl_config}"), "--subjects", str(DEMO)),
-     "is Stable Diffusion XL"),
+    # 16: pipelines dreamlr cannot train are refused from model_index.json, before any weights load
+    ("train sdxl refiner", _replace(TRAIN, "--model", "{refiner}"),
+     "not a Stable Diffusion 1.x/2.x or SDXL base pipeline (a StableDiffusionXLImg2ImgPipeline without text_encoder, "
+     "tokenizer)"),
+    ("train sd3", _replace(TRAIN, "--model", "{sd3}"), "a StableDiffusion3Pipeline without unet"),
+    ("generate sd3", _replace(GENERATE, "--model", "{sd3}"), "a StableDiffusion3Pipeline without unet"),
+    ("compare sd3", _replace(_replace(COMPARE, "--config", "{sd3_config}"), "--subjects", str(DEMO)),
+     "a StableDiffusion3Pipeline without unet"),
+    ("train text_encoder_2_lr on sd", TRAIN + ["--set", "text_encoder_2_lr=1e-4"],
+     "text_encoder_2_lr apply to SDXL's second text encoder, but model 'tiny' is Stable Diffusion 1.x/2.x"),
 ]
 
 
@@ -215,34 +225,27 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, message, tmp_p
     assert _snapshot(tmp_path) == before
 
 
-def test_export_refuses_an_sdxl_base_model(tmp_path, capsys):
+@pytest.mark.parametrize("trained_on, loaded_on", [("tiny-sdxl", "tiny"), ("tiny", "tiny-sdxl")])
+def test_an_adapter_exported_or_generated_on_the_other_model_kind_is_one_line(trained_on, loaded_on, tmp_path,
+                                                                               capsys):
     from dreamlr.adapters import AdapterConfig, attach, save_adapter
     from dreamlr.diffusion import load_pipeline
+    from dreamlr.diffusion.models import adapter_modules
 
-    pipe = load_pipeline("tiny")
-    attach(pipe.unet, AdapterConfig(rank=2, targets="attn-qk"))
+    model = adapter_modules(load_pipeline(trained_on))
+    attach(model, AdapterConfig(rank=2, targets="attn-qk"))
     adapter = tmp_path / "adapter.safetensors"
-    save_adapter(torch.nn.ModuleDict({"unet": pipe.unet}), adapter, metadata={"base_model": "tiny"})
-    _sdxl_folder(tmp_path / "sdxl")
-    capsys.readouterr()
-    code = main(["export", "--adapter", str(adapter), "--format", "merged", "--model", str(tmp_path / "sdxl"),
-                 "--output", str(tmp_path / "merged")])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "is Stable Diffusion XL" in err, err
-    assert not (tmp_path / "merged").exists()
-
-
-def test_a_single_file_sdxl_checkpoint_is_refused_before_loading(tmp_path):
-    from safetensors.torch import save_file
-
-    from dreamlr.diffusion.models import load_components
-    from dreamlr.errors import UserError
-
-    path = tmp_path / "sdxl.safetensors"
-    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2),
-               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, path)
-    with pytest.raises(UserError, match="is Stable Diffusion XL"):
-        load_components(str(path))
+    save_adapter(model, adapter, metadata={"base_model": trained_on})
+    (tmp_path / "prompts.txt").write_text("a photo of {token} {class}\n")
+    for argv in (["export", "--adapter", str(adapter), "--format", "kohya", "--model", loaded_on,
+                  "--output", str(tmp_path / "out.safetensors")],
+                 ["generate", "--model", loaded_on, "--adapter", str(adapter), "--prompts", str(tmp_path / "prompts.txt"),
+                  "--class-name", "mug", "--output-dir", str(tmp_path / "gen"), "--steps", "1", "--num-images", "1"]):
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.safetensors", "prompts.txt"]
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

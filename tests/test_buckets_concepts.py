@@ -39,7 +39,7 @@ def test_buckets_keep_the_area_and_match_the_nearest_ratio():
         bw, bh = buckets.assign(w, h)
         assert abs(math.log(bw / bh) - math.log(w / h)) == best
     image = Image.new("RGB", (1000, 300))
-    assert cover(image, (832, 256)).size == (832, 256)
+    assert cover(image, (832, 256))[0].size == (832, 256)
 
 
 def test_exif_rotated_images_go_to_the_bucket_of_their_upright_shape(tmp_path):
@@ -57,9 +57,9 @@ def test_a_bucketed_run_trains_on_several_sizes_and_says_when_it_upscales(tmp_pa
     shapes = []
     real = train_module._denoising
     monkeypatch.setattr(train_module, "_denoising",
-                        lambda config, parts, unet, embed, latents, *a, **k: (shapes.append(tuple(latents.shape[2:])),
-                                                                              real(config, parts, unet, embed, latents,
-                                                                                   *a, **k))[1])
+                        lambda config, parts, unet, embed, views, *a, **k: (shapes.append(tuple(views.latents.shape[2:])),
+                                                                            real(config, parts, unet, embed, views,
+                                                                                 *a, **k))[1])
     images = _odd_images(tmp_path / "odd")
     config = run_config(tmp_path, instance_data_dir=str(images), bucket=True, bucket_resolution_steps=8,
                         max_train_steps=12, num_validation_images=0)

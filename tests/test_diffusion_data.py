@@ -30,7 +30,7 @@ def test_exif_orientation_is_applied(folder):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored image must be turned 90° clockwise for display
     halves(80, 40).save(folder / "rotated.jpg", exif=exif.tobytes(), quality=95)
-    [(image, caption, path)] = load_instance_images(folder)
+    [(image, caption, path, _)] = load_instance_images(folder)
     assert image.size == (40, 80) and caption is None and path.name == "rotated.jpg"
     pixels = np.asarray(image).astype(int)
     assert abs(pixels[10, 20] - RED).max() < 40 and abs(pixels[70, 20] - BLUE).max() < 40
@@ -46,7 +46,7 @@ def test_every_mode_becomes_rgb(folder):
     Image.new("RGB", (8, 8), RED).save(folder / "web.webp")
     Image.new("RGB", (8, 8), RED).save(folder / "bitmap.BMP")
     Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(folder / "gray16.png")
-    loaded = {p.name: np.asarray(im) for im, _, p in load_instance_images(folder)}
+    loaded = {p.name: np.asarray(im) for im, _, p, _ in load_instance_images(folder)}
     assert len(loaded) == 8
     assert all(Image.fromarray(a).mode == "RGB" for a in loaded.values())
     assert (loaded["rgba.png"] == 255).all() and (loaded["la.png"] == 255).all()  # transparency onto white
@@ -67,7 +67,7 @@ def test_captions_and_ignored_files(folder):
     (folder / ".hidden.png").write_bytes(b"junk")
     (folder / "sub").mkdir()
     items = load_instance_images(folder)
-    assert [(p.name, c) for _, c, p in items] == [
+    assert [(p.name, c) for _, c, p, _ in items] == [
         ("a.png", "a photo of sks dog on the beach"), ("b.png", None), ("c.png", None)]
 
 
@@ -99,7 +99,7 @@ def test_missing_and_empty_folders(tmp_path):
 
 def test_resize_keeps_aspect(folder):
     halves(300, 100).save(folder / "wide.png")
-    [(image, _, _)] = load_instance_images(folder, resolution=32)
+    [(image, *_)] = load_instance_images(folder, resolution=32)
     assert image.size == (96, 32)
 
 

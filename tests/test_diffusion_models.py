@@ -126,7 +126,7 @@ def test_folder_without_model_index(tmp_path):
 
 def test_folder_that_is_not_stable_diffusion(tmp_path):
     (tmp_path / "model_index.json").write_text('{"_class_name": "SomethingElse", "transformer": ["x", "y"]}')
-    assert "not a Stable Diffusion pipeline" in one_line_error(str(tmp_path))
+    assert "not a Stable Diffusion 1.x/2.x or SDXL base pipeline" in one_line_error(str(tmp_path))
 
 
 def test_corrupt_single_file(tmp_path):

@@ -21,14 +21,14 @@ class ParameterCounter:
     def __init__(self, model_source: str) -> None:
         parts = load_components(model_source)
         self.unet = parts.unet.to("meta")
-        self.text_encoder = parts.text_encoder.to("meta")
+        self.text_encoders = {name: encoder.to("meta") for name, encoder in parts.text_encoders().items()}
 
     def count(self, config: DreamBoothConfig) -> int:
         """Trainable parameters `dreamlr.diffusion.train.train(config)` would create."""
         total = 0
         parts = [(self.unet, config.unet_adapter_config())]
         if config.train_text_encoder:
-            parts.append((self.text_encoder, config.text_encoder_adapter_config()))
+            parts += [(encoder, config.text_encoder_adapter_config(name)) for name, encoder in self.text_encoders.items()]
         for model, adapter in parts:
             skeleton: nn.Module = copy.deepcopy(model)
             attach(skeleton, adapter)

@@ -47,13 +47,14 @@ def upscale_factor(image: Image.Image, target: tuple[int, int]) -> float:
     return max(target[0] / image.width, target[1] / image.height)
 
 
-def cover(image: Image.Image, target: tuple[int, int], left_frac: float = 0.5, top_frac: float = 0.5) -> Image.Image:
+def cover(image: Image.Image, target: tuple[int, int], left_frac: float = 0.5,
+          top_frac: float = 0.5) -> tuple[Image.Image, tuple[int, int], int]:
     """Resize so the image just covers `target`, then crop to it; the crop's offset within the slack is
-    `left_frac`, `top_frac` (0.5, 0.5: centred)."""
+    `left_frac`, `top_frac` (0.5, 0.5: centred). Returns the crop, its (top, left) in the resized image, and the resized image's width."""
     scale = upscale_factor(image, target)
     size = (max(target[0], round(image.width * scale)), max(target[1], round(image.height * scale)))
     if size != image.size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     left = round((image.width - target[0]) * left_frac)
     top = round((image.height - target[1]) * top_frac)
-    return image.crop((left, top, left + target[0], top + target[1]))
+    return image.crop((left, top, left + target[0], top + target[1])), (top, left), image.width

@@ -26,9 +26,11 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 @dataclass
 class DreamBoothConfig:
     """Every setting of a DreamBooth run. `adapter` is an AdapterConfig dict; `text_encoder_adapter`
-    overrides it for the text encoder (used when `train_text_encoder`)."""
+    overrides it for the text encoder(s) (used when `train_text_encoder`), and `text_encoder_2_adapter`
+    overrides that for SDXL's second text encoder."""
 
     pretrained_model_name_or_path: str = "tiny"
+    vae: str | None = None
     instance_data_dir: str = ""
     instance_prompt: str = ""
     output_dir: str = "runs/dreambooth"
@@ -36,6 +38,8 @@ class DreamBoothConfig:
     train_text_encoder: bool = False
     text_encoder_adapter: dict[str, Any] = field(default_factory=lambda: {"targets": "clip-attn"})
     text_encoder_lr: float | None = None
+    text_encoder_2_adapter: dict[str, Any] = field(default_factory=dict)
+    text_encoder_2_lr: float | None = None
     with_prior_preservation: bool = False
     class_data_dir: str | None = None
     class_prompt: str | None = None
@@ -86,7 +90,8 @@ class DreamBoothConfig:
     @classmethod
     def from_sources(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> DreamBoothConfig:
         """Defaults < YAML file < overrides (dotted keys reach into `adapter`); then validated."""
-        data = build_config(cls, config_file, overrides, "dreamlr train", nested=("adapter", "text_encoder_adapter"))
+        data = build_config(cls, config_file, overrides, "dreamlr train",
+                            nested=("adapter", "text_encoder_adapter", "text_encoder_2_adapter"))
         config = cls(**data)
         config.validate()
         return config
@@ -121,7 +126,7 @@ class DreamBoothConfig:
             raise UserError(f"caption_dropout_rate must be in [0, 1), got {self.caption_dropout_rate}")
         if self.keep_tokens and not self.shuffle_caption:
             raise UserError("keep_tokens only applies with shuffle_caption: true; set both or drop keep_tokens")
-        if self.learning_rate <= 0 or (self.text_encoder_lr is not None and self.text_encoder_lr <= 0):
+        if any(lr is not None and lr <= 0 for lr in (self.learning_rate, self.text_encoder_lr, self.text_encoder_2_lr)):
             raise UserError("learning rates must be positive")
         check_optimizer_keys(self, "adam_weight_decay")
         check_optimizer(self.optimizer)
@@ -137,12 +142,15 @@ class DreamBoothConfig:
             raise UserError(f"snr_gamma must be positive, got {self.snr_gamma}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise UserError(f"checkpoints_total_limit must be at least 1 or null, got {self.checkpoints_total_limit}")
-        from dreamlr.diffusion.models import refuse_sdxl
+        from dreamlr.diffusion.models import check_model_source
 
-        refuse_sdxl(self.pretrained_model_name_or_path)
+        check_model_source(self.pretrained_model_name_or_path)
+        if self.vae is not None and not self.vae:
+            raise UserError("vae is empty: give a diffusers AutoencoderKL folder or hub id, or leave it out")
         self.unet_adapter_config()
         if self.train_text_encoder:
-            self.text_encoder_adapter_config()
+            self.text_encoder_adapter_config("text_encoder")
+            self.text_encoder_adapter_config("text_encoder_2")
 
     def _check_buckets(self) -> None:
         step = self.bucket_resolution_steps
@@ -184,8 +192,24 @@ class DreamBoothConfig:
     def unet_adapter_config(self) -> AdapterConfig:
         return AdapterConfig.from_dict({"total_steps": self.max_train_steps, **self.adapter})
 
-    def text_encoder_adapter_config(self) -> AdapterConfig:
-        return AdapterConfig.from_dict({"total_steps": self.max_train_steps, **self.adapter, **self.text_encoder_adapter})
+    def text_encoder_adapter_config(self, part: str = "text_encoder") -> AdapterConfig:
+        """The adapter of text encoder `part` ("text_encoder", or SDXL's "text_encoder_2")."""
+        second = self.text_encoder_2_adapter if part == "text_encoder_2" else {}
+        return AdapterConfig.from_dict({"total_steps": self.max_train_steps, **self.adapter,
+                                        **self.text_encoder_adapter, **second})
+
+    def text_encoder_learning_rate(self, part: str) -> float:
+        """Text encoder `part`'s learning rate: its own, else the text encoders', else the UNet's."""
+        own = self.text_encoder_2_lr if part == "text_encoder_2" else None
+        return next(lr for lr in (own, self.text_encoder_lr, self.learning_rate) if lr is not None)
+
+    def check_model_kind(self, is_sdxl: bool) -> None:
+        """A UserError when keys for SDXL's second text encoder are set for an SD 1.x/2.x model."""
+        if not is_sdxl:
+            extra = [k for k in ("text_encoder_2_adapter", "text_encoder_2_lr") if getattr(self, k)]
+            if extra:
+                raise UserError(f"{' and '.join(extra)} apply to SDXL's second text encoder, but model "
+                                f"'{self.pretrained_model_name_or_path}' is Stable Diffusion 1.x/2.x; drop them")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

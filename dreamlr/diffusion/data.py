@@ -18,11 +18,13 @@ from dreamlr.images import image_files, read_image
 
 
 class InstanceImage(NamedTuple):
-    """One training image (RGB), its caption from a same-name .txt file (or None), and where it came from."""
+    """One training image (RGB), its caption from a same-name .txt file (or None), where it came from, and
+    its size in the file (height, width; upright), before any resizing."""
 
     image: Image.Image
     caption: str | None
     path: Path
+    original_size: tuple[int, int]
 
 
 def load_instance_images(
@@ -36,9 +38,10 @@ def load_instance_images(
     images = []
     for path in paths:
         image = read_image(path, kind)
+        original_size = (image.height, image.width)
         if resolution is not None:
             image = _resize_shorter_side(image, resolution)
-        images.append(InstanceImage(image, _read_caption(path.with_suffix(".txt"), kind), path))
+        images.append(InstanceImage(image, _read_caption(path.with_suffix(".txt"), kind), path, original_size))
     return images
 
 
@@ -62,7 +65,8 @@ def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
 
 class DreamBoothDataset(Dataset):
     """Instance images as `pixel_values` (C×H×W in [-1, 1]) with `prompt` (caption, after `caption_prefix`
-    when given, else the instance prompt).
+    when given, else the instance prompt) and `time_ids` (SDXL's size conditioning: the file's height and
+    width, the crop's top and left in the resized image, the crop's height and width).
 
     With `class_dir` (prior preservation) each item also has `class_pixel_values` and `class_prompt`;
     the shorter list cycles. Random crops and flips depend only on (`seed`, epoch, index): call
@@ -106,21 +110,23 @@ class DreamBoothDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
         item = self.instance[index % len(self.instance)]
-        out = {"pixel_values": self._pixels(item.image, rng),
+        pixels, time_ids = self._pixels(item, rng)
+        out = {"pixel_values": pixels, "time_ids": time_ids,
                "prompt": with_prefix(item.caption, self.caption_prefix) or self.instance_prompt}
         if self.classes:
             item = self.classes[index % len(self.classes)]
-            out["class_pixel_values"] = self._pixels(item.image, rng)
+            out["class_pixel_values"], out["class_time_ids"] = self._pixels(item, rng)
             out["class_prompt"] = item.caption or self.class_prompt
         return out
 
-    def _pixels(self, image: Image.Image, rng: random.Random) -> torch.Tensor:
+    def _pixels(self, item: InstanceImage, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
         """Square crop at `resolution` (or, with buckets, the image's bucket), center or random, optional
-        flip, scaled to [-1, 1]."""
+        flip, scaled to [-1, 1]; and its `time_ids` (a flip mirrors the crop's left offset)."""
+        image = item.image
         if self.buckets is not None:
             target = self.buckets.assign(image.width, image.height)
             fracs = (0.5, 0.5) if self.center_crop else (rng.random(), rng.random())
-            image = cover(image, target, *fracs)
+            image, (top, left), resized_width = cover(image, target, *fracs)
         else:
             image = _resize_shorter_side(image, self.resolution)
             size = self.resolution
@@ -128,7 +134,10 @@ class DreamBoothDataset(Dataset):
                 left, top = (image.width - size) // 2, (image.height - size) // 2
             else:
                 left, top = rng.randint(0, image.width - size), rng.randint(0, image.height - size)
+            resized_width = image.width
             image = image.crop((left, top, left + size, top + size))
         if self.random_flip and rng.random() < 0.5:
             image = ImageOps.mirror(image)
-        return TF.pil_to_tensor(image).float() / 127.5 - 1.0
+            left = resized_width - left - image.width
+        time_ids = torch.tensor([*item.original_size, top, left, image.height, image.width], dtype=torch.float32)
+        return TF.pil_to_tensor(image).float() / 127.5 - 1.0, time_ids

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from dreamlr import __version__
 from dreamlr.adapters import adapter_layers, detach, load_adapter, read_adapter_header
-from dreamlr.diffusion.models import load_pipeline
+from dreamlr.diffusion.models import adapter_modules, load_pipeline
 from dreamlr.devices import default_device
 from dreamlr.errors import UserError
 from dreamlr.images import sha256_file
@@ -84,14 +84,14 @@ def image_seed(seed: int, prompt: str, index: int) -> int:
 
 def apply_adapters(pipe: StableDiffusionPipeline, adapters: Sequence[str | os.PathLike], weights: Sequence[float],
                    merge: bool = True) -> None:
-    """Put adapter files into the pipeline's UNet and text encoder.
+    """Put adapter files into the pipeline's UNet and text encoder(s).
 
     Merged (default): W = W0 + Σ weight_i · ΔW_i, each ΔW_i = W'_i − W0 taken against the original
     base weights (so the order of adapters does not matter); one adapter at weight 1 is the adapter
     library's own merge, bit for bit. Not merged: one adapter stays attached, at weight 1.
     """
     _check_adapter_args(adapters, weights, merge)
-    model = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+    model = adapter_modules(pipe)
     if not merge or (len(adapters) == 1 and weights[0] == 1):
         for path in adapters:
             load_adapter(model, path)

@@ -1,4 +1,5 @@
-"""Stable Diffusion model loading: hub id, local diffusers folder, single-file checkpoint, or `tiny`."""
+"""Stable Diffusion model loading (1.x, 2.x and SDXL): hub id, local diffusers folder, single-file checkpoint,
+or the built-in `tiny`, `tiny-sdxl` and `world`. The model kind is read from the model's own files."""
 
 from __future__ import annotations
 
@@ -7,30 +8,36 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from torch import nn
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
+    EulerDiscreteScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from tokenizers import pre_tokenizers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from dreamlr.errors import UserError
 from dreamlr.hub import hub_offline, looks_like_path
 
+T = TypeVar("T")
 TINY = "tiny"
+TINY_SDXL = "tiny-sdxl"
 WORLD = "world"  # the world model dreamlr builds itself (dreamlr.world)
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-SDXL_UNSUPPORTED = ("model '{source}' is Stable Diffusion XL, which dreamlr does not support yet; use a "
-                    "Stable Diffusion 1.x/2.x model (a hub id, diffusers folder or checkpoint) or `tiny`")
+SDXL_PARTS = (*PIPELINE_PARTS, "text_encoder_2", "tokenizer_2")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # the adapter-carrying parts besides the UNet
 SDXL_CHECKPOINT_PREFIXES = ("conditioner.embedders.1.", "text_encoder_2.")
 
 _TINY_SEED = 1234
@@ -48,6 +55,17 @@ _SD_SCHEDULE = dict(
     set_alpha_to_one=False,
     steps_offset=1,
 )
+_SDXL_SCHEDULE = dict(  # stable-diffusion-xl-base-1.0's scheduler_config.json
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    steps_offset=1,
+    timestep_spacing="leading",
+    interpolation_type="linear",
+    use_karras_sigmas=False,
+)
 
 
 @dataclass
@@ -61,27 +79,55 @@ class Components:
     unet: UNet2DConditionModel
     scheduler: SchedulerMixin  # the sampling scheduler the model came with
     noise_scheduler: DDPMScheduler  # the training scheduler, same noise schedule
+    tokenizer_2: CLIPTokenizer | None = None  # SDXL's second tokenizer and text encoder (OpenCLIP bigG)
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    def text_encoders(self) -> dict[str, nn.Module]:
+        """{part name: text encoder}: `text_encoder`, plus `text_encoder_2` for SDXL."""
+        return {name: getattr(self, name) for name in TEXT_ENCODERS if getattr(self, name) is not None}
+
+
+def adapter_modules(pipe) -> nn.ModuleDict:
+    """The parts of a pipeline (or Components) that adapters attach to, by the names adapter files use:
+    `unet`, `text_encoder`, and `text_encoder_2` for SDXL."""
+    parts = {"unet": pipe.unet}
+    parts.update({name: getattr(pipe, name) for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None})
+    return nn.ModuleDict(parts)
 
 
 def tiny_resolution() -> int:
-    """Native image size (pixels, square) of the built-in `tiny` model."""
+    """Native image size (pixels, square) of the built-in `tiny` and `tiny-sdxl` models."""
     return 64
 
 
-def load_components(source: str, dtype: torch.dtype = torch.float32) -> Components:
-    """Load (or, for `tiny`, build) a Stable Diffusion model's parts from any supported source."""
+def load_components(source: str, dtype: torch.dtype = torch.float32, vae: str | None = None) -> Components:
+    """Load (or, for the built-in tiny models, build) a Stable Diffusion model's parts from any supported
+    source; `vae` replaces its VAE with another (a diffusers AutoencoderKL folder or hub id, e.g. SDXL's
+    fp16-safe VAE)."""
     if source == TINY:
         pipe = _tiny_pipeline()
+    elif source == TINY_SDXL:
+        pipe = _tiny_sdxl_pipeline()
     elif source == WORLD:  # built-in: the world model's folder (assets/world/model or $DREAMLR_WORLD_DIR/model)
         from dreamlr.world.assets import world_part
 
         pipe = _load_external(str(world_part("model")), dtype)
     else:
         pipe = _load_external(source, dtype)
-    if pipe.unet.config.get("addition_embed_type") == "text_time":  # SDXL that no file check caught
-        raise UserError(SDXL_UNSUPPORTED.format(source=source))
-    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
-        if model.dtype != dtype:  # only `tiny`: loaders already gave `dtype`
+    if vae is not None:
+        pipe.vae = load_vae(vae, dtype)
+    xl = isinstance(pipe, StableDiffusionXLPipeline)
+    if xl != (pipe.unet.config.get("addition_embed_type") == "text_time"):
+        raise UserError(f"model '{source}': its UNet does not match its pipeline "
+                        f"({type(pipe).__name__} with a{'n SD' if xl else 'n SDXL'} UNet); check the folder")
+    for model in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if model is None:
+            continue
+        if model.dtype != dtype:  # only the built-in tiny models: loaders already gave `dtype`
             model.to(dtype)
         model.eval()
     return Components(
@@ -92,11 +138,20 @@ def load_components(source: str, dtype: torch.dtype = torch.float32) -> Componen
         unet=pipe.unet,
         scheduler=pipe.scheduler,
         noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        tokenizer_2=getattr(pipe, "tokenizer_2", None),
+        text_encoder_2=getattr(pipe, "text_encoder_2", None),
     )
 
 
-def pipeline_from_components(parts: Components) -> StableDiffusionPipeline:
-    """A text-to-image pipeline over the given parts (shared, not copied), without a safety checker."""
+def pipeline_from_components(parts: Components) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A text-to-image pipeline over the given parts (shared, not copied), without a safety checker or
+    watermarker: StableDiffusionXLPipeline for SDXL, else StableDiffusionPipeline."""
+    if parts.is_sdxl:
+        return StableDiffusionXLPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+            tokenizer=parts.tokenizer, tokenizer_2=parts.tokenizer_2, unet=parts.unet, scheduler=parts.scheduler,
+            add_watermarker=False,
+        )
     return StableDiffusionPipeline(
         vae=parts.vae,
         text_encoder=parts.text_encoder,
@@ -115,14 +170,15 @@ def load_pipeline(
     merge: bool = False,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
-) -> StableDiffusionPipeline:
-    """A text-to-image pipeline for `source`, with a dreamlr adapter file attached (or merged) if given."""
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A text-to-image pipeline for `source` (SD or SDXL, as the model is), with a dreamlr adapter file
+    attached (or merged) if given."""
     pipe = pipeline_from_components(load_components(source, dtype))
     if adapter is not None:
         from dreamlr.adapters import load_adapter
         from dreamlr.adapters import merge as merge_adapters
 
-        model = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+        model = adapter_modules(pipe)
         load_adapter(model, adapter)
         if merge:
             merge_adapters(model)
@@ -130,74 +186,99 @@ def load_pipeline(
     return pipe.to(device) if device is not None else pipe
 
 
-def _load_external(source: str, dtype: torch.dtype) -> StableDiffusionPipeline:
-    """Load a pipeline from a local folder, a single-file checkpoint or the hub."""
-    refuse_sdxl(source)
+def _load_external(source: str, dtype: torch.dtype) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """Load a pipeline from a local folder, a single-file checkpoint or the hub; SD or SDXL as its files say."""
     path = Path(source).expanduser()
-    no_safety = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if path.is_dir():
         index = path / "model_index.json"
         if not index.is_file():
             raise UserError(f"model '{source}': folder has no model_index.json, so it is not a diffusers model folder")
-        missing = [p for p in PIPELINE_PARTS if p not in json.loads(index.read_text())]
-        if missing:
-            raise UserError(f"model '{source}': not a Stable Diffusion pipeline (no {', '.join(missing)})")
-        return _guarded(source, lambda: StableDiffusionPipeline.from_pretrained(path, dtype=dtype, **no_safety))
+        cls = pipeline_class(source, _read_json(source, index))
+        return _guarded(source, lambda: cls.from_pretrained(path, dtype=dtype, **_no_extras(cls)))
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise UserError(f"model '{source}': a model file must be .safetensors or .ckpt")
+        cls = StableDiffusionXLPipeline if _single_file_is_sdxl(path) else StableDiffusionPipeline
         return _guarded(
             source,
-            lambda: StableDiffusionPipeline.from_single_file(
-                str(path), dtype=dtype, local_files_only=hub_offline(), **no_safety
-            ),
+            lambda: cls.from_single_file(str(path), dtype=dtype, local_files_only=hub_offline(), **_no_extras(cls)),
             offline_reason="a single-file checkpoint needs its base model's configs from the hub, which are not "
             "cached, and the hub is offline; use a diffusers folder or `tiny`",
         )
     if looks_like_path(source, CHECKPOINT_SUFFIXES):
         raise UserError(f"model '{source}': no such file or folder")
-    if hub_offline() and not isinstance(try_to_load_from_cache(source, "model_index.json"), str):
+    cached = try_to_load_from_cache(source, "model_index.json")
+    if hub_offline() and not isinstance(cached, str):
         raise UserError(f"model '{source}' not found locally, and the hub is offline; give a local path or `tiny`")
+    index = _read_json(source, Path(cached)) if isinstance(cached, str) else \
+        _guarded(source, lambda: StableDiffusionPipeline.load_config(source))
+    cls = pipeline_class(source, index)
     return _guarded(
         source,
-        lambda: StableDiffusionPipeline.from_pretrained(source, dtype=dtype, **no_safety),
+        lambda: cls.from_pretrained(source, dtype=dtype, **_no_extras(cls)),
         offline_reason="not fully cached, and the hub is offline; give a local path or `tiny`",
     )
 
 
-def refuse_sdxl(source: str) -> None:
-    """A UserError when `source` is an SDXL model (a diffusers folder, local or cached from the hub, or a
-    single .safetensors file), read from its configs or key names before any weights load: SDXL is not
-    supported yet, and training and sampling would fail at the first step."""
+def load_vae(source: str, dtype: torch.dtype) -> AutoencoderKL:
+    """A diffusers AutoencoderKL from a folder (itself, or a pipeline folder's `vae/`) or a hub id."""
     path = Path(source).expanduser()
-    if source == TINY:
+    if path.is_dir():
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise UserError(f"vae '{source}': no config.json in it or in its vae/ folder; give a diffusers "
+                            "AutoencoderKL folder")
+        return _guarded(source, lambda: AutoencoderKL.from_pretrained(folder, dtype=dtype), what="vae")
+    if looks_like_path(source, CHECKPOINT_SUFFIXES):
+        raise UserError(f"vae '{source}': no such folder")
+    return _guarded(source, lambda: AutoencoderKL.from_pretrained(source, dtype=dtype), what="vae",
+                    offline_reason="not cached, and the hub is offline; give a local folder")
+
+
+def check_model_source(source: str) -> None:
+    """A UserError, before any weights load, when a local folder (or a cached hub id) holds a pipeline dreamlr
+    cannot use, read from its model_index.json; other sources are checked when they load."""
+    if source in (TINY, TINY_SDXL, WORLD):
         return
-    if path.is_file():
-        if path.suffix.lower() == ".safetensors" and _single_file_is_sdxl(path):
-            raise UserError(SDXL_UNSUPPORTED.format(source=source))
-        return
-    if not path.is_dir() and not looks_like_path(source, CHECKPOINT_SUFFIXES):
+    path = Path(source).expanduser()
+    if not path.exists() and not looks_like_path(source, CHECKPOINT_SUFFIXES):
         try:
             cached = try_to_load_from_cache(source, "model_index.json")
         except Exception:  # noqa: BLE001 - not a valid hub id: the loader reports it
             return
         path = Path(cached).parent if isinstance(cached, str) else path
-    if path.is_dir():
-        _refuse_sdxl_folder(source, path)
+    if (path / "model_index.json").is_file():
+        pipeline_class(source, _read_json(source, path / "model_index.json"))
 
 
-def _refuse_sdxl_folder(source: str, folder: Path) -> None:
+def pipeline_class(source: str, index: dict) -> type[StableDiffusionPipeline] | type[StableDiffusionXLPipeline]:
+    """The pipeline class for a diffusers folder's model_index.json: SDXL when it has a second text encoder.
+    A UserError for anything else (SD3, Flux, an SDXL refiner ...), before any weights load."""
+    kind = str(index.get("_class_name", "pipeline"))
+    present = [part for part in SDXL_PARTS if isinstance(index.get(part), list) and index[part][0] is not None]
+    xl = "text_encoder_2" in present or "XL" in kind
+    missing = [part for part in (SDXL_PARTS if xl else PIPELINE_PARTS) if part not in present]
+    if missing:
+        raise UserError(f"model '{source}': not a Stable Diffusion 1.x/2.x or SDXL base pipeline (a {kind} "
+                        f"without {', '.join(missing)})")
+    return StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+
+
+def _no_extras(cls: type) -> dict:
+    """Loader keywords that leave out the safety checker (SD) or the invisible watermark (SDXL)."""
+    if cls is StableDiffusionXLPipeline:
+        return {"add_watermarker": False}
+    return dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _read_json(source: str, path: Path) -> dict:
     try:
-        index = json.loads((folder / "model_index.json").read_text())
-        unet = folder / "unet" / "config.json"
-        unet_config = json.loads(unet.read_text()) if unet.is_file() else {}
-    except (OSError, ValueError):
-        return  # the loader reports an unreadable folder
-    if not isinstance(index, dict) or not isinstance(unet_config, dict):
-        return
-    if ("XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index
-            or unet_config.get("addition_embed_type") == "text_time"):
-        raise UserError(SDXL_UNSUPPORTED.format(source=source))
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"model '{source}': cannot read '{path.name}' ({e})") from e
+    if not isinstance(data, dict):
+        raise UserError(f"model '{source}': '{path.name}' is not a JSON object")
+    return data
 
 
 def _single_file_is_sdxl(path: Path) -> bool:
@@ -211,20 +292,19 @@ def _single_file_is_sdxl(path: Path) -> bool:
         return False
 
 
-def _guarded(
-    source: str, load: Callable[[], StableDiffusionPipeline], offline_reason: str = ""
-) -> StableDiffusionPipeline:
+def _guarded(source: str, load: Callable[[], T], offline_reason: str = "", what: str = "model") -> T:
     """Run a diffusers loader, turning its failures into one-line UserErrors."""
     try:
         return load()
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         if offline_reason and isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-            raise UserError(f"model '{source}': {offline_reason}") from e
+            raise UserError(f"{what} '{source}': {offline_reason}") from e
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"model '{source}': cannot be loaded as a Stable Diffusion model ({reason})") from e
+        kind = "a Stable Diffusion model" if what == "model" else "an AutoencoderKL"
+        raise UserError(f"{what} '{source}': cannot be loaded as {kind} ({reason})") from e
 
 
-def _tiny_tokenizer() -> CLIPTokenizer:
+def _tiny_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """A CLIP BPE tokenizer built in memory: every byte is a token, plus whole-word merges for common words."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = alphabet + [c + "</w>" for c in alphabet]
@@ -238,7 +318,38 @@ def _tiny_tokenizer() -> CLIPTokenizer:
             tokens.append(merged)
     tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
     merges = list(dict.fromkeys(merges))
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=77,
+                         pad_token=pad_token)
+
+
+def _tiny_vae(scaling_factor: float) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 32),
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=tiny_resolution(),
+        scaling_factor=scaling_factor,
+    )
+
+
+def _tiny_text_config(tokenizer: CLIPTokenizer, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
 
 
 def _tiny_pipeline() -> StableDiffusionPipeline:
@@ -257,30 +368,8 @@ def _tiny_pipeline() -> StableDiffusionPipeline:
             cross_attention_dim=32,
             attention_head_dim=4,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 16, 16, 32),
-            norm_num_groups=8,
-            layers_per_block=1,
-            sample_size=tiny_resolution(),
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=tokenizer.model_max_length,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        vae = _tiny_vae(scaling_factor=0.18215)
+        text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -290,4 +379,43 @@ def _tiny_pipeline() -> StableDiffusionPipeline:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
+    """A small, randomly initialised SDXL-shaped pipeline (two text encoders, pooled text and size/crop
+    conditioning, a UNet block with two transformer layers, SDXL's VAE scale and Euler sampler); identical
+    weights on every call."""
+    tokenizer, tokenizer_2 = _tiny_tokenizer(), _tiny_tokenizer(pad_token="!")  # as SDXL's: bigG pads with "!"
+    time_dim, pooled_dim = 8, 32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        unet = UNet2DConditionModel(
+            sample_size=tiny_resolution() // 8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            cross_attention_dim=64,  # both encoders' hidden states, concatenated
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            projection_class_embeddings_input_dim=6 * time_dim + pooled_dim,
+        )
+        vae = _tiny_vae(scaling_factor=0.13025)
+        text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
+        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer_2, projection_dim=pooled_dim))
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**_SDXL_SCHEDULE),
+        add_watermarker=False,
     )

@@ -23,7 +23,7 @@ from dreamlr.diffusion.data import load_instance_images
 from dreamlr.images import IMAGE_SUFFIXES
 from dreamlr.diffusion.losses import dreambooth_loss
 from dreamlr.diffusion.sample_prompts import SamplePrompt, write_sheet
-from dreamlr.diffusion.views import ViewPool, encode_views
+from dreamlr.diffusion.views import ViewPool, Views, encode_views
 from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
 from dreamlr.errors import UserError
 from dreamlr.fileio import atomic_path, cache_root, inside, write_text, write_yaml
@@ -77,11 +77,12 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               **tracking.accelerator_options(config.report_to, run_dir))
     device, weight_dtype = accelerator.device, DTYPES[config.mixed_precision]
-    parts = load_components(config.pretrained_model_name_or_path)
+    parts = load_components(config.pretrained_model_name_or_path, vae=config.vae)
+    config.check_model_kind(parts.is_sdxl)
     class_dirs = [prepare_class_images(subset_config(config, s), parts, device) for s in subsets] \
         if config.with_prior_preservation else []
 
-    for model in (parts.unet, parts.vae, parts.text_encoder):
+    for model in (parts.unet, parts.vae, *parts.text_encoders().values()):
         model.requires_grad_(False).to(device)
         if model.dtype != weight_dtype:
             model.to(weight_dtype)
@@ -95,13 +96,15 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     attach(parts.unet, config.unet_adapter_config())
     optimizer_parts = {"unet": (parts.unet, config.learning_rate)}
     if config.train_text_encoder:
-        attach(parts.text_encoder, config.text_encoder_adapter_config())
-        adapted["text_encoder"] = parts.text_encoder
-        optimizer_parts["text_encoder"] = (parts.text_encoder, config.text_encoder_lr or config.learning_rate)
+        for name, encoder in parts.text_encoders().items():
+            attach(encoder, config.text_encoder_adapter_config(name))
+            adapted[name] = encoder
+            optimizer_parts[name] = (encoder, config.text_encoder_learning_rate(name))
     if config.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
-            parts.text_encoder.gradient_checkpointing_enable()
+            for encoder in parts.text_encoders().values():
+                encoder.gradient_checkpointing_enable()
 
     optimizer = build_optimizer(adapter_groups(optimizer_parts), name=config.optimizer, beta1=config.adam_beta1,
                                 beta2=config.adam_beta2,
@@ -112,7 +115,9 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     if resume_from is not None:
         start_step = CheckpointManager.load(resume_from, adapted, optimizer, lr_scheduler, ema)
     set_step(adapted, start_step)
-    unet, text_encoder, optimizer = accelerator.prepare(parts.unet, parts.text_encoder, optimizer)
+    names = list(parts.text_encoders())
+    unet, *encoders, optimizer = accelerator.prepare(parts.unet, *parts.text_encoders().values(), optimizer)
+    text_encoders = dict(zip(names, encoders))
 
     start_run_folder(run_dir, overwrite)
     write_yaml(run_dir / "config.yaml", config.to_dict())
@@ -120,9 +125,10 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     metrics = MetricsLog(run_dir / "metrics.jsonl", start_step)
     metadata = run_metadata(config)
     samples = config.sample_prompt_list()
-    embed = PromptEncoder(parts, text_encoder, trainable=config.train_text_encoder)
+    embed = PromptEncoder(parts, text_encoders, trainable=config.train_text_encoder)
     unet.train()
-    text_encoder.train(config.train_text_encoder)
+    for encoder in text_encoders.values():
+        encoder.train(config.train_text_encoder)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     bar = progress(config.max_train_steps, start_step, "train")
     for step in range(start_step, config.max_train_steps):
@@ -180,26 +186,27 @@ def micro_step(config: DreamBoothConfig, parts: Components, unet: nn.Module, emb
     """The loss of one micro-batch: instance views (+ as many class views), all randomness from `generator`.
     Instance and class views of one latent size share one UNet call; of two sizes (buckets), one call each."""
     batch = config.train_batch_size
-    latents, prompts = instance.draw(batch, generator)
+    views = instance.draw(batch, generator)
     policy = config.caption_policy()
     if policy.active:
-        prompts = [policy.apply(p, generator) for p in prompts]
+        views = views._replace(prompts=[policy.apply(p, generator) for p in views.prompts])
     if prior is None:
-        return _denoising(config, parts, unet, embed, latents, prompts, generator, device, weight_dtype)
-    class_latents, class_prompts = prior.draw(batch, generator)
-    if class_latents.shape == latents.shape:
-        return _denoising(config, parts, unet, embed, torch.cat([latents, class_latents]), prompts + class_prompts,
-                          generator, device, weight_dtype, prior_count=batch)
-    own = _denoising(config, parts, unet, embed, latents, prompts, generator, device, weight_dtype)
-    kept = _denoising(config, parts, unet, embed, class_latents, class_prompts, generator, device, weight_dtype)
-    return own + config.prior_loss_weight * kept
+        return _denoising(config, parts, unet, embed, views, generator, device, weight_dtype)
+    kept = prior.draw(batch, generator)
+    if kept.latents.shape == views.latents.shape:
+        return _denoising(config, parts, unet, embed, views.joined(kept), generator, device, weight_dtype,
+                          prior_count=batch)
+    own = _denoising(config, parts, unet, embed, views, generator, device, weight_dtype)
+    return own + config.prior_loss_weight * _denoising(config, parts, unet, embed, kept, generator, device,
+                                                       weight_dtype)
 
 
-def _denoising(config: DreamBoothConfig, parts: Components, unet: nn.Module, embed: PromptEncoder,
-               latents: torch.Tensor, prompts: list[str], generator: torch.Generator, device: torch.device,
-               weight_dtype: torch.dtype, prior_count: int = 0) -> torch.Tensor:
-    """Noise the latents at random timesteps and return the DreamBooth loss of the UNet's prediction."""
-    latents = latents * parts.vae.config.scaling_factor
+def _denoising(config: DreamBoothConfig, parts: Components, unet: nn.Module, embed: PromptEncoder, views: Views,
+               generator: torch.Generator, device: torch.device, weight_dtype: torch.dtype,
+               prior_count: int = 0) -> torch.Tensor:
+    """Noise the views' latents at random timesteps and return the DreamBooth loss of the UNet's prediction.
+    SDXL's UNet also gets the pooled text embedding and each view's size and crop (`time_ids`)."""
+    latents = views.latents * parts.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator)
     if config.noise_offset:
         noise += config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
@@ -207,39 +214,63 @@ def _denoising(config: DreamBoothConfig, parts: Components, unet: nn.Module, emb
     schedule = parts.noise_scheduler
     timesteps = torch.randint(0, schedule.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
     noisy = schedule.add_noise(latents, noise, timesteps)
-    pred = unet(noisy.to(weight_dtype), timesteps, embed(prompts)).sample
+    hidden, pooled = embed(views.prompts)
+    extra = {}
+    if pooled is not None:
+        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": views.time_ids.to(device, hidden.dtype)}
+    pred = unet(noisy.to(weight_dtype), timesteps, hidden, **extra).sample
     return dreambooth_loss(schedule, pred, latents, noise, timesteps, snr_gamma=config.snr_gamma,
                            prior_count=prior_count, prior_loss_weight=config.prior_loss_weight)
 
 
 class PromptEncoder:
-    """Text embeddings of prompts; when the text encoder is frozen, cached per distinct prompt (the
-    `capacity` most recently used: shuffled captions can make many)."""
+    """Text conditioning of prompts: the text encoder's last hidden states (SD), or for SDXL both encoders'
+    penultimate hidden states concatenated plus the second one's pooled projection, as SDXL was trained.
+    When the encoders are frozen, cached per distinct prompt (the `capacity` most recently used: shuffled
+    captions can make many)."""
 
-    def __init__(self, parts: Components, text_encoder: nn.Module, trainable: bool, capacity: int = 1024) -> None:
-        self.tokenizer, self.text_encoder, self.trainable = parts.tokenizer, text_encoder, trainable
-        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+    def __init__(self, parts: Components, text_encoders: dict[str, nn.Module], trainable: bool,
+                 capacity: int = 1024) -> None:
+        self.pairs = [(parts.tokenizer, text_encoders["text_encoder"])]
+        if parts.is_sdxl:
+            self.pairs.append((parts.tokenizer_2, text_encoders["text_encoder_2"]))
+        self.trainable = trainable
+        self.cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
         self.capacity = capacity
 
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden states B×77×D, pooled B×P or None for SD)."""
         if self.trainable:
             return self._encode(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
         if missing:
             with torch.no_grad():
-                self.cache.update(zip(missing, self._encode(missing)))
+                hidden, pooled = self._encode(missing)
+                self.cache.update((p, (hidden[i], None if pooled is None else pooled[i])) for i, p in enumerate(missing))
         for p in prompts:
             self.cache.move_to_end(p)
-        embeddings = torch.stack([self.cache[p] for p in prompts])
+        hidden = torch.stack([self.cache[p][0] for p in prompts])
+        pooled = None if self.cache[prompts[0]][1] is None else torch.stack([self.cache[p][1] for p in prompts])
         while len(self.cache) > self.capacity:
             self.cache.popitem(last=False)
-        return embeddings
+        return hidden, pooled
 
-    def _encode(self, prompts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids
-        device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(tokens.to(device))[0]
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if len(self.pairs) == 1:
+            return self._run(*self.pairs[0], prompts)[0], None
+        hidden, pooled = [], None
+        for tokenizer, encoder in self.pairs:
+            output = self._run(tokenizer, encoder, prompts, hidden_states=True)
+            hidden.append(output.hidden_states[-2])
+            pooled = output[0]  # the last encoder's projected pooled output
+        return torch.cat(hidden, dim=-1), pooled
+
+    @staticmethod
+    def _run(tokenizer, encoder: nn.Module, prompts: list[str], hidden_states: bool = False):
+        tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                           return_tensors="pt").input_ids
+        device = next(encoder.parameters()).device
+        return encoder(tokens.to(device), output_hidden_states=hidden_states)
 
 
 def prepare_class_images(config: DreamBoothConfig, parts: Components, device: torch.device) -> Path:

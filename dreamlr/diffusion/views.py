@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -14,13 +15,26 @@ from dreamlr.diffusion.concepts import Subset
 from dreamlr.diffusion.data import DreamBoothDataset
 
 
+class Views(NamedTuple):
+    """A micro-batch: latents (one size), their prompts, and their SDXL `time_ids` (B×6)."""
+
+    latents: torch.Tensor
+    prompts: list[str]
+    time_ids: torch.Tensor
+
+    def joined(self, other: Views) -> Views:
+        return Views(torch.cat([self.latents, other.latents]), self.prompts + other.prompts,
+                     torch.cat([self.time_ids, other.time_ids]))
+
+
 @dataclass
 class LatentCache:
-    """VAE posteriors (mean, std) of views of one latent size, and the prompt of each view."""
+    """VAE posteriors (mean, std) of views of one latent size, the prompt of each view and its `time_ids`."""
 
     mean: torch.Tensor
     std: torch.Tensor
     prompts: list[str]
+    time_ids: torch.Tensor
 
     def sample(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         noise = torch.randn(self.mean[indices].shape, generator=generator).to(self.mean.device)
@@ -34,7 +48,7 @@ class ViewPool:
     groups: list[LatentCache]
     weights: list[torch.Tensor]
 
-    def draw(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    def draw(self, batch: int, generator: torch.Generator) -> Views:
         """A micro-batch of `batch` latents (one size) and their prompts. With one group of equal weights
         this is a uniform draw with replacement; otherwise a group is drawn by its total weight, then views
         within it by weight."""
@@ -46,7 +60,7 @@ class ViewPool:
             chosen = int(torch.multinomial(totals, 1, generator=generator))
             group = self.groups[chosen]
             indices = torch.multinomial(self.weights[chosen], batch, replacement=True, generator=generator)
-        return group.sample(indices, generator), [group.prompts[i] for i in indices]
+        return Views(group.sample(indices, generator), [group.prompts[i] for i in indices], group.time_ids[indices])
 
 
 @torch.no_grad()
@@ -56,7 +70,7 @@ def encode_views(vae, subsets: list[tuple[Subset, str | None]], *, center_crop: 
     """Encode the views of each (subset, folder) pair (`folder`: its class-image folder for kind `class`, else
     None for its instance folder)."""
     views = 1 if center_crop and not random_flip else 4
-    found: dict[tuple[int, ...], tuple[list, list, list, list]] = {}
+    found: dict[tuple[int, ...], tuple[list, list, list, list, list]] = {}
     upscaled: list[tuple[float, str]] = []
     for subset, folder in subsets:
         buckets = Buckets(subset.resolution, **(bucket_options or {})) if subset.bucket else None
@@ -74,11 +88,13 @@ def encode_views(vae, subsets: list[tuple[Subset, str | None]], *, center_crop: 
             for index in range(len(dataset)):
                 item = dataset[index]
                 posterior = vae.encode(item["pixel_values"][None].to(device, vae.dtype)).latent_dist
-                means, stds, prompts, weights = found.setdefault(tuple(posterior.mean.shape), ([], [], [], []))
+                means, stds, prompts, weights, time_ids = found.setdefault(tuple(posterior.mean.shape),
+                                                                           ([], [], [], [], []))
                 means.append(posterior.mean.float())
                 stds.append(posterior.std.float())
                 prompts.append(item["prompt"])
                 weights.append(float(subset.repeats))
+                time_ids.append(item["time_ids"])
     if upscaled:
         factor, path = max(upscaled)
         print(f"note: {len(upscaled)} {kind} image(s) are upscaled more than {max_upscale:g}x to fit their bucket "
@@ -86,7 +102,7 @@ def encode_views(vae, subsets: list[tuple[Subset, str | None]], *, center_crop: 
               file=sys.stderr)
     groups, weights = [], []
     for shape in sorted(found):
-        means, stds, prompts, w = found[shape]
-        groups.append(LatentCache(torch.cat(means), torch.cat(stds), prompts))
+        means, stds, prompts, w, time_ids = found[shape]
+        groups.append(LatentCache(torch.cat(means), torch.cat(stds), prompts, torch.stack(time_ids)))
         weights.append(torch.tensor(w))
     return ViewPool(groups, weights)

@@ -35,17 +35,18 @@ class BaseModel:
 
 
 def load_base(source: str, diffusion: bool, metadata: dict[str, Any] | None = None) -> BaseModel:
-    """A Stable Diffusion pipeline (model: ModuleDict of unet and text_encoder) or a transformers model
+    """A Stable Diffusion pipeline (model: ModuleDict of unet, text_encoder and SDXL's text_encoder_2) or a
+    transformers model
     (the class from the adapter `metadata`'s task, e.g. {"task": "classification", "labels": […]})."""
     return _load_diffusion(source) if diffusion else _load_transformers(source, metadata or {})
 
 
 def _load_diffusion(source: str) -> BaseModel:
-    from dreamlr.diffusion.models import TINY, load_pipeline
+    from dreamlr.diffusion.models import TINY, TINY_SDXL, adapter_modules, load_pipeline
 
-    dtype = torch.float32 if source == TINY else _stored_diffusion_dtype(source)
+    dtype = torch.float32 if source in (TINY, TINY_SDXL) else _stored_diffusion_dtype(source)
     pipe = load_pipeline(source, dtype=dtype)
-    model = nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
+    model = adapter_modules(pipe)
 
     def save(folder: Path) -> None:
         pipe.save_pretrained(folder)

@@ -121,7 +121,7 @@ def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: st
 
 
 def _write_lora(format: str, components: dict[str, dict[str, LoRAFactors]], output: Path, base: BaseModel) -> None:
-    """Write LoRA factors (by model part: "unet" / "text_encoder", or "" for one model) atomically."""
+    """Write LoRA factors (by model part: "unet" / "text_encoder(_2)", or "" for one model) atomically."""
     if format == "peft":  # one adapter folder per model part, a classifier's head in full
         params = dict(base.model.named_parameters())
         with atomic_dir(output) as tmp:
@@ -130,9 +130,12 @@ def _write_lora(format: str, components: dict[str, dict[str, LoRAFactors]], outp
                 peft_lora.write(factors, tmp / component, base.source, full={n: params[n] for n in base.head},
                                 task_type="SEQ_CLS" if base.head else None)
         return
-    writer = diffusers_lora.write if format == "diffusers" else kohya.write
     with atomic_path(output) as tmp:
-        writer(components, tmp, {"base_model": base.source})
+        if format == "diffusers":
+            diffusers_lora.write(components, tmp, {"base_model": base.source})
+        else:
+            sdxl_ldm = ldm_names(base.model["unet"]) if "text_encoder_2" in base.model else None
+            kohya.write(components, tmp, {"base_model": base.source}, sdxl_ldm)
 
 
 def _check_options(format: str, rank: int | None, energy: float | None) -> None:

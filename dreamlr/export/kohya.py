@@ -1,4 +1,5 @@
-"""kohya format (sd-scripts, A1111 web UI, ComfyUI): `lora_unet_…` / `lora_te_…` with lora_down, lora_up, alpha.
+"""kohya format (sd-scripts, A1111 web UI, ComfyUI): `lora_unet_…` / `lora_te_…` (SDXL: `lora_te1_…`,
+`lora_te2_…`) with lora_down, lora_up, alpha.
 
 Each module has `<name>.lora_down.weight` (r, in[, kh, kw]), `<name>.lora_up.weight` (out, r[, 1, 1])
 and `<name>.alpha` (a scalar); the update is alpha/r · up·down. kohya has no DoRA.
@@ -28,6 +29,7 @@ SD_SCRIPTS_LAYERS = {
                        r"|mid_block\.(attentions|resnets))\.\d+\."),
     "text_encoder": re.compile(r"(.*\.)?encoder\.layers\.\d+\.(self_attn|mlp)\."),
 }
+SD_SCRIPTS_LAYERS["text_encoder_2"] = SD_SCRIPTS_LAYERS["text_encoder"]
 
 
 def sd_scripts_drops(components: dict[str, dict[str, LoRAFactors]]) -> list[str]:
@@ -49,9 +51,14 @@ def is_kohya(keys: list[str]) -> bool:
     return bool(keys) and all(key.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for key in keys)
 
 
-def write(components: dict[str, dict[str, LoRAFactors]], path: Path, header: dict[str, str]) -> None:
-    """Write the factors of each pipeline part ("unet", "text_encoder"; names relative to it) to `path`;
-    a warning on stderr names the layers sd-scripts would drop."""
+def write(components: dict[str, dict[str, LoRAFactors]], path: Path, header: dict[str, str],
+          sdxl_ldm: dict[str, str] | None = None) -> None:
+    """Write the factors of each pipeline part ("unet", "text_encoder", "text_encoder_2"; names relative to
+    it) to `path`; a warning on stderr names the layers sd-scripts would drop.
+
+    For an SDXL base, `sdxl_ldm` is its UNet's diffusers → original (LDM) module names: sd-scripts names SDXL
+    UNet layers as the original model does (`lora_unet_input_blocks_4_1_…`), and its text encoders
+    `lora_te1_` / `lora_te2_`; ComfyUI, A1111 and diffusers read those names too."""
     dropped = sd_scripts_drops(components)
     if dropped:
         total = sum(len(factors) for factors in components.values())
@@ -62,7 +69,10 @@ def write(components: dict[str, dict[str, LoRAFactors]], path: Path, header: dic
     alpha = file_alpha(components)
     for component, factors in components.items():
         for name, f in factors.items():
-            key = naming.kohya_name(component, name)
+            if sdxl_ldm is not None and component == "unet":
+                key = naming.KOHYA_PREFIXES["unet"] + sdxl_ldm[name].replace(".", "_")
+            else:
+                key = naming.kohya_name(component, name, sdxl=sdxl_ldm is not None)
             root = math.sqrt(f.alpha / alpha)  # 1 unless this layer's alpha differs from the file's
             tensors[f"{key}.lora_down.weight"] = (f.down_weight * root if root != 1 else f.down_weight).contiguous()
             tensors[f"{key}.lora_up.weight"] = (f.up_weight * root if root != 1 else f.up_weight).contiguous()

@@ -25,7 +25,7 @@ import torch
 
 from dreamlr.errors import UserError
 from dreamlr.export.factors import LoRAFactors
-from dreamlr.export.naming import COMPONENTS
+from dreamlr.export.naming import COMPONENTS, TEXT_ENCODERS
 
 # tensor-name endings and the role of the tensor; longest first so `.lora.down.weight` wins over `.down.weight`
 _ROLES = (
@@ -119,7 +119,7 @@ def _module_name(module: str) -> str:
         component, path = ("text_encoder" if module.startswith("text_model.") else "unet"), module
     path = re.sub(r"(^|\.)processor\.", r"\1", path)
     head, _, last = path.rpartition(".")
-    if component == "text_encoder" and last in _CLIP_PROCESSOR and head.endswith("self_attn"):
+    if component in TEXT_ENCODERS and last in _CLIP_PROCESSOR and head.endswith("self_attn"):
         path = f"{head}.{_CLIP_PROCESSOR[last]}"
     elif component == "unet" and last == "to_out":  # the processor's to_out is the attention's to_out.0
         path = f"{path}.0"
