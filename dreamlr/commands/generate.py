@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", help="ddim, ddpm, pndm, euler, euler_a, heun, dpm++ (= dpmsolver), unipc "
                                             "(default: the model's own)")
     parser.add_argument("--resolution", type=int, help="image side in pixels (default: the model's native size)")
+    parser.add_argument("--zero-snr", action="store_true",
+                        help="sample a v-prediction model trained with rescale_betas_zero_snr: DDIM on the rescaled "
+                             "schedule, trailing timesteps, guidance rescale 0.7")
     parser.add_argument("--seed", type=int, default=0, help="run seed; each image's seed derives from it (default 0)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     parser.add_argument("--output-dir", required=True, metavar="DIR", help="new or empty folder for images + manifest")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings(num_images=args.num_images, steps=args.steps, guidance=args.guidance,
                         scheduler=args.scheduler, resolution=args.resolution, seed=args.seed,
-                        batch_size=args.batch_size, merge=not args.no_merge)
+                        batch_size=args.batch_size, merge=not args.no_merge, zero_snr=args.zero_snr)
     entries = generate_folder(args.model, prompts, args.output_dir, settings, adapters=args.adapter,
                               weights=weights,
                               extra={"prompts": args.prompts, "token": args.token, "class_name": args.class_name})

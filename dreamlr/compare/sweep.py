@@ -244,9 +244,10 @@ def subject_prompts(spec: SweepSpec, subject: Subject) -> list[Prompt]:
 
 def generation_settings(spec: SweepSpec, config: DreamBoothConfig) -> Settings:
     """Sampling settings shared by every row: the run's resolution and seed (the shared config's, also with
-    --seeds, so every row's images start from the same noise), the sweep's steps and guidance."""
+    --seeds, so every row's images start from the same noise), the sweep's steps and guidance; sampled on the
+    zero-terminal-SNR schedule when the runs were trained on it."""
     settings = Settings(num_images=spec.num_images, steps=spec.steps, guidance=spec.guidance,
-                        resolution=config.resolution, seed=config.seed)
+                        resolution=config.resolution, seed=config.seed, zero_snr=config.rescale_betas_zero_snr)
     settings.check()
     return settings
 

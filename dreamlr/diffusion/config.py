@@ -74,6 +74,7 @@ class DreamBoothConfig:
     ema_decay: float | None = None
     mixed_precision: str = "no"
     snr_gamma: float | None = None
+    rescale_betas_zero_snr: bool = False
     noise_offset: float = 0.0
     seed: int = 0
     checkpointing_steps: int = 100
@@ -144,7 +145,7 @@ class DreamBoothConfig:
             raise UserError(f"checkpoints_total_limit must be at least 1 or null, got {self.checkpoints_total_limit}")
         from dreamlr.diffusion.models import check_model_source
 
-        check_model_source(self.pretrained_model_name_or_path)
+        check_model_source(self.pretrained_model_name_or_path, zero_snr=self.rescale_betas_zero_snr)
         if self.vae is not None and not self.vae:
             raise UserError("vae is empty: give a diffusers AutoencoderKL folder or hub id, or leave it out")
         self.unet_adapter_config()

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from dreamlr import __version__
 from dreamlr.adapters import adapter_layers, detach, load_adapter, read_adapter_header
-from dreamlr.diffusion.models import adapter_modules, load_pipeline
+from dreamlr.diffusion.models import ZERO_SNR_GUIDANCE_RESCALE, adapter_modules, load_pipeline, zero_snr_schedulers
 from dreamlr.devices import default_device
 from dreamlr.errors import UserError
 from dreamlr.images import sha256_file
@@ -64,6 +64,7 @@ class Settings:
     seed: int = 0
     batch_size: int = 4
     merge: bool = True
+    zero_snr: bool = False  # sample as a zero-terminal-SNR model was trained (`zero_terminal_snr`)
 
     def check(self) -> None:
         """Raise a UserError for a value no run could use."""
@@ -159,7 +160,14 @@ def generate_folder(
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipe = load_pipeline(model, dtype=dtype, device=device)
     apply_adapters(pipe, adapters, weights, merge=settings.merge)
-    scheduler = set_scheduler(pipe, settings.scheduler)
+    rescale = {}
+    if settings.zero_snr:
+        if settings.scheduler not in (None, "ddim"):
+            raise UserError(f"--zero-snr samples with DDIM (trailing timesteps, as Lin et al. 2023); drop --scheduler "
+                            f"{settings.scheduler}")
+        _, pipe.scheduler = zero_snr_schedulers(pipe.scheduler.config, model)
+        rescale = {"guidance_rescale": ZERO_SNR_GUIDANCE_RESCALE}
+    scheduler = set_scheduler(pipe, None if settings.zero_snr else settings.scheduler)
     pipe.set_progress_bar_config(disable=True)
     resolution = settings.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     recorded = {**asdict(settings), "scheduler": scheduler, "resolution": resolution, "dtype": str(dtype),
@@ -179,6 +187,7 @@ def generate_folder(
                 num_inference_steps=settings.steps,
                 guidance_scale=settings.guidance,
                 generator=[torch.Generator("cpu").manual_seed(seed) for *_, seed in batch],
+                **rescale,
             ).images
             for (p, i, prompt, seed), image in zip(batch, images):
                 name = f"{p:03d}-{i:02d}-{_slug(prompt.clean)}.png"

@@ -91,6 +91,21 @@ class Components:
         return {name: getattr(self, name) for name in TEXT_ENCODERS if getattr(self, name) is not None}
 
 
+ZERO_SNR_GUIDANCE_RESCALE = 0.7  # Lin et al. 2023, §3.4: the guidance rescale φ they sample with
+
+
+def zero_snr_schedulers(scheduler_config, source: str) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """The model's noise schedule rescaled to zero terminal SNR (Lin et al. 2023, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed"): (training scheduler, DDIM sampler with trailing timesteps, as the
+    paper samples). Only for v-prediction models: with epsilon prediction the last step cannot recover the
+    image (its x0 estimate divides by √ᾱ_T = 0)."""
+    if scheduler_config.get("prediction_type") != "v_prediction":
+        raise UserError(f"zero terminal SNR needs a v-prediction model (e.g. Stable Diffusion 2.x at 768 px); "
+                        f"model '{source}' predicts {scheduler_config.get('prediction_type', 'epsilon')}")
+    return (DDPMScheduler.from_config(scheduler_config, rescale_betas_zero_snr=True),
+            DDIMScheduler.from_config(scheduler_config, rescale_betas_zero_snr=True, timestep_spacing="trailing"))
+
+
 def adapter_modules(pipe) -> nn.ModuleDict:
     """The parts of a pipeline (or Components) that adapters attach to, by the names adapter files use:
     `unet`, `text_encoder`, and `text_encoder_2` for SDXL."""
@@ -235,20 +250,37 @@ def load_vae(source: str, dtype: torch.dtype) -> AutoencoderKL:
                     offline_reason="not cached, and the hub is offline; give a local folder")
 
 
-def check_model_source(source: str) -> None:
+def check_model_source(source: str, zero_snr: bool = False) -> None:
     """A UserError, before any weights load, when a local folder (or a cached hub id) holds a pipeline dreamlr
-    cannot use, read from its model_index.json; other sources are checked when they load."""
-    if source in (TINY, TINY_SDXL, WORLD):
+    cannot use, read from its model_index.json, or (with `zero_snr`) a model that does not predict v; other
+    sources are checked when they load."""
+    if source in (TINY, TINY_SDXL):
+        if zero_snr:
+            zero_snr_schedulers(dict(_SD_SCHEDULE), source)
         return
+    folder = _model_folder(source)
+    if folder is None:
+        return
+    pipeline_class(source, _read_json(source, folder / "model_index.json"))
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    if zero_snr and scheduler.is_file():
+        zero_snr_schedulers(_read_json(source, scheduler), source)
+
+
+def _model_folder(source: str) -> Path | None:
+    """The diffusers folder of a model: a local folder, the world model's, or a hub id's cache; None if unknown."""
+    if source == WORLD:
+        from dreamlr.world.assets import world_part
+
+        return world_part("model")
     path = Path(source).expanduser()
     if not path.exists() and not looks_like_path(source, CHECKPOINT_SUFFIXES):
         try:
             cached = try_to_load_from_cache(source, "model_index.json")
         except Exception:  # noqa: BLE001 - not a valid hub id: the loader reports it
-            return
+            return None
         path = Path(cached).parent if isinstance(cached, str) else path
-    if (path / "model_index.json").is_file():
-        pipeline_class(source, _read_json(source, path / "model_index.json"))
+    return path if (path / "model_index.json").is_file() else None
 
 
 def pipeline_class(source: str, index: dict) -> type[StableDiffusionPipeline] | type[StableDiffusionXLPipeline]:

@@ -24,7 +24,8 @@ from dreamlr.images import IMAGE_SUFFIXES
 from dreamlr.diffusion.losses import dreambooth_loss
 from dreamlr.diffusion.sample_prompts import SamplePrompt, write_sheet
 from dreamlr.diffusion.views import ViewPool, Views, encode_views
-from dreamlr.diffusion.models import Components, load_components, pipeline_from_components
+from dreamlr.diffusion.models import (ZERO_SNR_GUIDANCE_RESCALE, Components, load_components,
+                                     pipeline_from_components, zero_snr_schedulers)
 from dreamlr.errors import UserError
 from dreamlr.fileio import atomic_path, cache_root, inside, write_text, write_yaml
 from dreamlr.optimizers import build_optimizer
@@ -79,6 +80,8 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     device, weight_dtype = accelerator.device, DTYPES[config.mixed_precision]
     parts = load_components(config.pretrained_model_name_or_path, vae=config.vae)
     config.check_model_kind(parts.is_sdxl)
+    if config.rescale_betas_zero_snr:
+        parts.noise_scheduler, parts.scheduler = zero_snr_schedulers(parts.scheduler.config, parts.source)
     class_dirs = [prepare_class_images(subset_config(config, s), parts, device) for s in subsets] \
         if config.with_prior_preservation else []
 
@@ -317,19 +320,20 @@ def save_samples(config: DreamBoothConfig, parts: Components, folder: Path, devi
     pipe.set_progress_bar_config(disable=True)
     prompt = config.validation_prompt or config.main_prompt
     generator = torch.Generator().manual_seed(config.seed)
+    rescale = {"guidance_rescale": ZERO_SNR_GUIDANCE_RESCALE} if config.rescale_betas_zero_snr else {}
     inside(folder, Path(config.output_dir).expanduser())
     folder.mkdir(parents=True, exist_ok=True)
     images = []
     for index in range(config.num_validation_images):
         image = pipe(prompt, height=config.resolution, width=config.resolution,
-                     num_inference_steps=config.validation_inference_steps, generator=generator).images[0]
+                     num_inference_steps=config.validation_inference_steps, generator=generator, **rescale).images[0]
         with atomic_path(folder / f"{index}.png") as tmp:
             image.save(tmp, format="PNG")
         images.append(image)
     for index, sample in enumerate(samples):
         image = pipe(sample.text, negative_prompt=sample.negative or None, height=sample.height, width=sample.width,
                      num_inference_steps=sample.steps, guidance_scale=sample.scale,
-                     generator=torch.Generator().manual_seed(sample.seed)).images[0]
+                     generator=torch.Generator().manual_seed(sample.seed), **rescale).images[0]
         with atomic_path(folder / sample.file_name(index)) as tmp:
             image.save(tmp, format="PNG")
         images.append(image)
@@ -357,6 +361,13 @@ def _concepts_lines(config: DreamBoothConfig) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def _zero_snr_line(config: DreamBoothConfig) -> str:
+    if not config.rescale_betas_zero_snr:
+        return ""
+    return ("- zero terminal SNR: trained on the rescaled schedule; sample the same way (`dreamlr generate --zero-snr`: "
+            f"DDIM, rescaled betas, trailing timesteps, guidance_rescale {ZERO_SNR_GUIDANCE_RESCALE})\n")
+
+
 def model_card(config: DreamBoothConfig, trainable: int) -> str:
     """A short README for the run folder: what was trained and how to load it."""
     adapter = AdapterConfig.from_dict(config.adapter)
@@ -368,7 +379,7 @@ def model_card(config: DreamBoothConfig, trainable: int) -> str:
 - trainable parameters: {trainable:,}
 - steps: {config.max_train_steps} (batch {config.train_batch_size} × {config.gradient_accumulation_steps} accumulation), learning rate {config.learning_rate}, seed {config.seed}
 - prior preservation: {f"yes, '{config.class_prompt}', weight {config.prior_loss_weight}" if config.with_prior_preservation else "no"}
-{_concepts_lines(config)}- EMA: {f"decay {config.ema_decay}; `{EMA_FILE}` holds the moving average, `{ADAPTER_FILE}` the last step's tensors" if config.ema_decay else "no"}
+{_concepts_lines(config)}{_zero_snr_line(config)}- EMA: {f"decay {config.ema_decay}; `{EMA_FILE}` holds the moving average, `{ADAPTER_FILE}` the last step's tensors" if config.ema_decay else "no"}
 - trained with dreamlr {__version__}
 
 ## Use it
