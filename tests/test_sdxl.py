@@ -81,6 +81,22 @@ def test_sdxl_dreambooth_trains_unet_and_both_text_encoders_with_their_own_rates
     assert isinstance(pipe, StableDiffusionXLPipeline)
 
 
+def test_sdxl_bf16_with_checkpointing_keeps_fp32_adapters_on_every_part(tmp_path):
+    from safetensors.torch import load_file
+
+    from dreamlr.diffusion.train import train
+
+    run = train(run_config(tmp_path, pretrained_model_name_or_path=TINY_SDXL, train_text_encoder=True,
+                           mixed_precision="bf16", gradient_checkpointing=True, max_train_steps=2,
+                           num_validation_images=0))
+    tensors = load_file(run / "adapter.safetensors")
+    assert {key.split(".")[0] for key in tensors} == {"unet", "text_encoder", "text_encoder_2"}
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    # SDXL reads the first encoder's penultimate layer: its last layer gets no gradient (as in diffusers' script)
+    untrained = {k for k, t in tensors.items() if k.endswith("lora_B") and not t.abs().sum()}
+    assert untrained and all(k.startswith("text_encoder.encoder.layers.1.") for k in untrained)
+
+
 def test_sdxl_generate_from_the_cli_writes_a_manifest(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of {token} {class}\n")
@@ -133,14 +149,16 @@ def test_sdxl_exports_load_in_diffusers_as_dreamlr_merges_them(fmt, sdxl_adapter
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-def test_sdxl_kohya_names_are_sd_scripts_and_import_back_exactly(sdxl_adapter, tmp_path):
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+def test_sdxl_exports_import_back_exactly_and_kohya_names_are_sd_scripts(fmt, sdxl_adapter, tmp_path):
     """sd-scripts names SDXL UNet layers as the original model (input_blocks…) and its encoders lora_te1_/_te2_."""
     adapter, expected = sdxl_adapter
-    out = tmp_path / "kohya.safetensors"
-    export_adapter(adapter, "kohya", out)
-    with safe_open(str(out), "pt") as handle:
-        prefixes = {key.split("_block")[0].split("_text_model")[0] for key in handle.keys()}
-    assert prefixes == {"lora_unet_input", "lora_unet_middle", "lora_unet_output", "lora_te1", "lora_te2"}
+    out = tmp_path / f"{fmt}.safetensors"
+    export_adapter(adapter, fmt, out)
+    if fmt == "kohya":
+        with safe_open(str(out), "pt") as handle:
+            prefixes = {key.split("_block")[0].split("_text_model")[0] for key in handle.keys()}
+        assert prefixes == {"lora_unet_input", "lora_unet_middle", "lora_unet_output", "lora_te1", "lora_te2"}
     back = import_adapter(out, tmp_path / "back.safetensors", model=TINY_SDXL)
     for got, want in zip(_outputs(load_pipeline(TINY_SDXL, adapter=back, merge=True)), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
