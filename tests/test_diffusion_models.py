@@ -132,15 +132,15 @@ def test_folder_that_is_not_stable_diffusion(tmp_path):
 def test_corrupt_single_file(tmp_path):
     path = tmp_path / "broken.safetensors"
     path.write_bytes(b"not a safetensors file" * 10)
-    assert "cannot be loaded" in one_line_error(str(path))
+    assert "not a readable checkpoint" in one_line_error(str(path))
 
 
-def test_single_file_offline_needs_cached_configs(tmp_path):
-    # Real single-file support goes through diffusers' from_single_file, which needs an original-format SD
-    # checkpoint and the base model's configs from the hub; offline it must still fail fast in one line.
+def test_a_single_file_without_text_encoder_is_one_line(tmp_path):
+    # single files load offline from dreamlr's packaged configs (tests/test_single_file.py); an incomplete one
+    # is named before any weights load
     path = tmp_path / "model.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3)}, str(path))
-    assert "hub is offline" in one_line_error(str(path))
+    assert "a UNet without the CLIP text encoder(s)" in one_line_error(str(path))
 
 
 def test_other_file_types_rejected(tmp_path):

@@ -38,7 +38,6 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_PARTS = (*PIPELINE_PARTS, "text_encoder_2", "tokenizer_2")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # the adapter-carrying parts besides the UNet
-SDXL_CHECKPOINT_PREFIXES = ("conditioner.embedders.1.", "text_encoder_2.")
 
 _TINY_SEED = 1234
 _TINY_WORDS = (
@@ -213,13 +212,9 @@ def _load_external(source: str, dtype: torch.dtype) -> StableDiffusionPipeline |
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise UserError(f"model '{source}': a model file must be .safetensors or .ckpt")
-        cls = StableDiffusionXLPipeline if _single_file_is_sdxl(path) else StableDiffusionPipeline
-        return _guarded(
-            source,
-            lambda: cls.from_single_file(str(path), dtype=dtype, local_files_only=hub_offline(), **_no_extras(cls)),
-            offline_reason="a single-file checkpoint needs its base model's configs from the hub, which are not "
-            "cached, and the hub is offline; use a diffusers folder or `tiny`",
-        )
+        from dreamlr.diffusion.single_file import load_single_file
+
+        return load_single_file(path, dtype)
     if looks_like_path(source, CHECKPOINT_SUFFIXES):
         raise UserError(f"model '{source}': no such file or folder")
     cached = try_to_load_from_cache(source, "model_index.json")
@@ -252,11 +247,17 @@ def load_vae(source: str, dtype: torch.dtype) -> AutoencoderKL:
 
 def check_model_source(source: str, zero_snr: bool = False) -> None:
     """A UserError, before any weights load, when a local folder (or a cached hub id) holds a pipeline dreamlr
-    cannot use, read from its model_index.json, or (with `zero_snr`) a model that does not predict v; other
-    sources are checked when they load."""
+    cannot use, read from its model_index.json, or (with `zero_snr`) a model that does not predict v, or when a
+    checkpoint file's keys are of another kind (SD3, Flux, …); other sources are checked when they load."""
     if source in (TINY, TINY_SDXL):
         if zero_snr:
             zero_snr_schedulers(dict(_SD_SCHEDULE), source)
+        return
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        from dreamlr.diffusion.single_file import checkpoint_kind
+
+        checkpoint_kind(path)  # reads the header only
         return
     folder = _model_folder(source)
     if folder is None:
@@ -311,17 +312,6 @@ def _read_json(source: str, path: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"model '{source}': '{path.name}' is not a JSON object")
     return data
-
-
-def _single_file_is_sdxl(path: Path) -> bool:
-    """Whether a single-file .safetensors checkpoint holds SDXL's second text encoder (its key names)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return any(key.startswith(SDXL_CHECKPOINT_PREFIXES) for key in handle.keys())
-    except Exception:  # noqa: BLE001 - not readable here: the loader reports it
-        return False
 
 
 def _guarded(source: str, load: Callable[[], T], offline_reason: str = "", what: str = "model") -> T:
@@ -440,7 +430,8 @@ def _tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
         )
         vae = _tiny_vae(scaling_factor=0.13025)
         text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
-        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer_2, projection_dim=pooled_dim))
+        text_encoder_2 = CLIPTextModelWithProjection(  # OpenCLIP bigG: GELU
+            _tiny_text_config(tokenizer_2, projection_dim=pooled_dim, hidden_act="gelu"))
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
