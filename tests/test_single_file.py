@@ -290,3 +290,26 @@ def test_train_and_generate_from_a_single_file_sdxl_checkpoint_offline(tmp_path,
                  str(prompts), "--class-name", "mug", "--num-images", "1", "--steps", "2",
                  "--output-dir", str(tmp_path / "gen")]) == 0
     assert len(list((tmp_path / "gen").glob("*.png"))) == 1
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
+def test_export_checkpoint_is_the_merged_model_in_one_file(model, tmp_path):
+    """`dreamlr export --format checkpoint`: the file loads back (offline) as dreamlr's merged model."""
+    from dreamlr.adapters import AdapterConfig, attach, detach, save_adapter, trainable_parameters
+    from dreamlr.cli import main
+    from dreamlr.diffusion import load_pipeline
+    from dreamlr.diffusion.models import adapter_modules
+
+    parts = adapter_modules(load_pipeline(model))
+    torch.manual_seed(0)
+    attach(parts, AdapterConfig(variant="dora", rank=2, targets="attn"))
+    with torch.no_grad():
+        for tensor in trainable_parameters(parts).values():
+            tensor.add_(0.1 * torch.randn_like(tensor))
+    adapter = save_adapter(parts, tmp_path / "adapter.safetensors", metadata={"base_model": model})
+    out = tmp_path / "merged.safetensors"
+    assert main(["export", "--adapter", str(adapter), "--format", "checkpoint", "--output", str(out)]) == 0
+    merged = load_pipeline(model, adapter=adapter)
+    detach(adapter_modules(merged), merge=True)
+    assert_same_pipeline(merged, load_single_file(out))
+    assert main(["export", "--adapter", str(adapter), "--format", "checkpoint", "--output", str(out)]) == 2

@@ -11,9 +11,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", required=True, metavar="FILE", help="dreamlr adapter (.safetensors)")
     parser.add_argument("--format", required=True, metavar="FORMAT",
                         help="diffusers (pytorch_lora_weights.safetensors), peft (adapter folder), "
-                             "kohya (lora_unet_/lora_te_ file) or merged (full model folder)")
+                             "kohya (lora_unet_/lora_te_ file), merged (full model folder) or checkpoint (the merged "
+                             "Stable Diffusion model as one original-layout .safetensors file, for A1111/ComfyUI)")
     parser.add_argument("--output", required=True, metavar="PATH",
-                        help="diffusers: a .safetensors file or a folder; kohya: a .safetensors file; "
+                        help="diffusers: a .safetensors file or a folder; kohya, checkpoint: a .safetensors file; "
                              "peft, merged: a new or empty folder")
     parser.add_argument("--model", help="the base model the adapter was trained on (default: the one it records)")
     parser.add_argument("--rank", type=int,

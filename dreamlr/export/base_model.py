@@ -32,6 +32,7 @@ class BaseModel:
     kind: str  # "diffusers" or "transformers": the folder `save` writes
     save: Callable[[Path], None]  # the whole model, as `save_pretrained` writes it
     head: list[str] = field(default_factory=list)  # trained task-head parameters loaded beside the adapter
+    pipeline: Any = None  # a Stable Diffusion base's whole pipeline (what `model` holds parts of)
 
 
 def load_base(source: str, diffusion: bool, metadata: dict[str, Any] | None = None) -> BaseModel:
@@ -52,7 +53,7 @@ def _load_diffusion(source: str) -> BaseModel:
         pipe.save_pretrained(folder)
         _nest_clip_keys(pipe.text_encoder, folder / "text_encoder")
 
-    return BaseModel(source, model, dtype, "diffusers", save)
+    return BaseModel(source, model, dtype, "diffusers", save, pipeline=pipe)
 
 
 def _nest_clip_keys(text_encoder: nn.Module, folder: Path) -> None:

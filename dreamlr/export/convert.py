@@ -20,7 +20,7 @@ from dreamlr.export.ldm import ldm_names
 from dreamlr.export.report import ExportReport, LayerResult
 from dreamlr.fileio import atomic_dir, atomic_path, remove_stale_temps, resolve_parent, usual_file_modes
 
-FORMATS = ("diffusers", "peft", "kohya", "merged")
+FORMATS = ("diffusers", "peft", "kohya", "merged", "checkpoint")
 
 
 def export_adapter(adapter_path: str | os.PathLike, format: str, output: str | os.PathLike,
@@ -32,21 +32,30 @@ def export_adapter(adapter_path: str | os.PathLike, format: str, output: str | o
     `lora`, `loraplus`, `singlora` and (outside kohya) `dora` export exactly; other variants,
     and any variant when `rank` or `energy` is given, by truncated SVD of W' − W0: at `rank`, at
     the smallest rank keeping `energy` of ‖W' − W0‖²_F, or by default at the smallest rank keeping
-    0.99 of it (at least the rank of a LoRA with the adapter's parameter count). An existing `output`
-    is replaced only with `overwrite`.
+    0.99 of it (at least the rank of a LoRA with the adapter's parameter count). `checkpoint` writes the
+    merged Stable Diffusion model as one original-layout file (`dreamlr.diffusion.single_file`). An
+    existing `output` is replaced only with `overwrite`.
     """
     _check_options(format, rank, energy)
     adapter_path = Path(adapter_path)
     header = read_adapter_header(adapter_path)
     names = [name for _, group in header["groups"] for name in group]
     diffusion = naming.is_diffusion(names)
-    if format in ("diffusers", "kohya") and not diffusion:
+    if format in ("diffusers", "kohya", "checkpoint") and not diffusion:
         raise UserError(f"adapter '{adapter_path}' is for a text model; the {format} format holds Stable Diffusion "
                         "adapters: use --format peft or merged")
     output = _output_path(format, Path(output), overwrite)
     base = _base_with_adapter(adapter_path, header, model, diffusion)
     variants = tuple(dict.fromkeys(config.variant for config, _ in header["groups"]))
     report = ExportReport(adapter=adapter_path, format=format, output=output, variants=variants, head=base.head)
+    if format == "checkpoint":
+        from dreamlr.diffusion.single_file import write_single_file
+
+        report.layers = [LayerResult(name, layer.config.rank) for name, layer in adapter_layers(base.model)]
+        report.merged_into = f"'{base.source}' as one original-layout checkpoint in {str(base.dtype).removeprefix('torch.')}"
+        detach(base.model, merge=True)
+        write_single_file(base.pipeline, output)
+        return report
     if format == "merged":
         report.layers = [LayerResult(name, layer.config.rank) for name, layer in adapter_layers(base.model)]
         report.merged_into = f"'{base.source}' as a {base.kind} folder in {str(base.dtype).removeprefix('torch.')}"
@@ -143,7 +152,7 @@ def _check_options(format: str, rank: int | None, energy: float | None) -> None:
         raise UserError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if rank is not None and energy is not None:
         raise UserError("give --rank or --energy, not both")
-    if format == "merged" and (rank is not None or energy is not None):
+    if format in ("merged", "checkpoint") and (rank is not None or energy is not None):
         raise UserError("--rank and --energy choose a LoRA's rank; a merged model has none: leave them out")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise UserError(f"--rank must be a positive integer, got {rank!r}")
@@ -169,9 +178,9 @@ def _output_path(format: str, output: Path, overwrite: bool = False) -> Path:
             raise UserError(f"--output {output} is a folder that already holds files; give a new or empty folder, "
                             "or --overwrite to replace its LoRA file")
         output = output / diffusers_lora.WEIGHT_NAME
-    if format in ("diffusers", "kohya"):
+    if format in ("diffusers", "kohya", "checkpoint"):
         if output.suffix != ".safetensors":
-            raise UserError(f"--output {output}: a {format} LoRA is one .safetensors file; give a path ending in "
+            raise UserError(f"--output {output}: a {format} export is one .safetensors file; give a path ending in "
                             ".safetensors")
         _check_new_file(output, overwrite)
     elif output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
