@@ -246,6 +246,14 @@ def test_an_adapter_exported_or_generated_on_the_other_model_kind_is_one_line(tr
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.safetensors", "prompts.txt"]
+    for fmt in ("kohya", "diffusers"):  # a LoRA file of one kind imported against the other
+        lora = tmp_path / f"{fmt}.safetensors"
+        assert main(["export", "--adapter", str(adapter), "--format", fmt, "--output", str(lora)]) == 0
+        capsys.readouterr()
+        code = main(["import", "--lora", str(lora), "--model", loaded_on, "--output", str(tmp_path / "back.safetensors")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "another base model" in err, err
+        assert not (tmp_path / "back.safetensors").exists()
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
