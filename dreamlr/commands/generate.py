@@ -13,7 +13,8 @@ HELP = "Generate images for a prompt set (e.g. DreamBench) with one or more adap
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="hub id, local diffusers folder, .safetensors/.ckpt file, or `tiny`")
+                        help="SD 1.x, 2.x or SDXL: hub id, local diffusers folder, .safetensors/.ckpt file, or a "
+                             "built-in (`tiny`, `tiny-sdxl`, `world`)")
     parser.add_argument("--adapter", action="append", default=[], metavar="FILE",
                         help="dreamlr adapter file; repeat to combine several (none: the base model)")
     parser.add_argument("--weights", metavar="W1,W2,…", help="one weight per --adapter (default 1 each)")
