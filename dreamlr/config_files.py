@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -99,6 +100,7 @@ def build_config(cls: type, config_file: str | None, overrides: dict[str, Any] |
     data: dict[str, Any] = read_config_file(config_file) if config_file else {}
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value, key)
+    data = rename_aliases(data, getattr(cls, "aliases", {}))
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -112,6 +114,22 @@ def build_config(cls: type, config_file: str | None, overrides: dict[str, Any] |
                 raise UserError(f"config key {name!r} must be a mapping, got {data[name]!r}")
             data[name] = {**getattr(defaults, name), **data[name]}
     return data
+
+
+def rename_aliases(data: dict[str, Any], aliases: dict[str, str], note: bool = True) -> dict[str, Any]:
+    """`data` with old key names (`aliases`: old -> new) replaced by their new ones, a note on stderr for each;
+    both names at once is a UserError."""
+    renamed = dict(data)
+    for old, new in aliases.items():
+        if old not in renamed:
+            continue
+        if new in renamed:
+            raise UserError(f"config keys {old!r} and {new!r} are the same setting ({old} is its old name); "
+                            f"give only {new}")
+        renamed[new] = renamed.pop(old)
+        if note:
+            print(f"note: config key {old!r} is now {new!r}; the old name works until dreamlr 0.3", file=sys.stderr)
+    return renamed
 
 
 def unknown_keys_message(unknown: list[str], known: list[str], what: str, where: str) -> str:
@@ -178,19 +196,6 @@ def _yaml_value(value: Any) -> str:
     if isinstance(value, str) and value:
         return value.replace("\n", "\\n")
     return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
-
-
-def check_optimizer_keys(config: Any, weight_decay_key: str) -> None:
-    """AdamW, schedule and clipping keys both trainers share, checked before any model loads."""
-    for key in ("adam_beta1", "adam_beta2"):
-        if not 0.0 <= getattr(config, key) < 1.0:
-            raise UserError(f"{key} must be in [0, 1), got {getattr(config, key)!r}")
-    if config.adam_epsilon <= 0:
-        raise UserError(f"adam_epsilon must be positive, got {config.adam_epsilon!r}")
-    for key in (weight_decay_key, "lr_warmup_steps", "max_grad_norm"):
-        if getattr(config, key) < 0:
-            raise UserError(f"{key} must be 0 or more, got {getattr(config, key)!r}"
-                            + (" (0 turns clipping off)" if key == "max_grad_norm" else ""))
 
 
 def check_output_dir(path: str) -> None:

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from dreamlr.adapters import AdapterConfig
 from dreamlr.fileio import write_text
@@ -33,6 +35,7 @@ from dreamlr.text.config import TextTrainConfig
 from dreamlr.text.evaluate import make_task
 from dreamlr.text.train import attach_adapter, fit, total_steps, trainable_groups
 from dreamlr.training import CheckpointManager, build_lr_scheduler
+from dreamlr.training.loop import TrainingLoop
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 TARGETS = ["query", "key", "value", "attention.output.dense"]  # every attention projection (384×384)
@@ -106,27 +109,31 @@ def setup(method: str, seed: int, args: argparse.Namespace, max_train_samples: i
     """Task, trainable model, optimizer groups, optimizer and step count of one method and seed."""
     config = TextTrainConfig.from_sources(None, {
         "model": "minilm", "train_file": args.train, "eval_file": args.eval, "epochs": args.epochs,
-        "batch_size": args.batch_size, "max_length": args.max_length, "seed": seed,
+        "train_batch_size": args.batch_size, "max_length": args.max_length, "seed": seed, "group_by_length": True,
         "max_train_samples": max_train_samples, "max_eval_samples": args.max_eval_samples})
     task = make_task(config)
     steps = total_steps(config, task.num_train)
     torch.manual_seed(seed)
     model = task.load_model()
     model, groups = make_trainable(model, method, task.head_names(model), args, steps)
-    return task, model, groups, build_optimizer(groups, weight_decay=0.0), steps
+    return task, model, groups, build_optimizer(groups, weight_decay=0.0), steps, config
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train one method with one seed; returns accuracy, trainable parameters and training time."""
-    task, model, groups, optimizer, steps = setup(method, seed, args, args.max_train_samples)
+    """Train one method with one seed (dreamlr's training loop, no run folder); returns accuracy, trainable
+    parameters and training time."""
+    task, model, groups, optimizer, steps, config = setup(method, seed, args, args.max_train_samples)
     scheduler = build_lr_scheduler(optimizer, "linear", round(args.warmup_ratio * steps), steps)
-    step_seconds: list[float] = []
-    started = time.perf_counter()
+    step_ends = [time.perf_counter()]
+    started = step_ends[0]
     with tempfile.TemporaryDirectory() as scratch:
-        fit(model, task, optimizer, scheduler, range(steps), seed=seed, batch_size=args.batch_size,
-            max_grad_norm=1.0, checkpoints=CheckpointManager(Path(scratch)), group_by_length=True,
-            after_step=lambda done, loss, seconds: step_seconds.append(seconds))
+        AcceleratorState._reset_state(reset_partial_state=False)
+        loop = TrainingLoop(Accelerator(), model, [model], optimizer, scheduler, CheckpointManager(Path(scratch)),
+                            None, seed=seed, accumulation=1, max_grad_norm=1.0, checkpointing_steps=steps + 1,
+                            metadata={})
+        fit(loop, model, task, config, 0, steps, after_step=lambda done: step_ends.append(time.perf_counter()))
     train_seconds = time.perf_counter() - started
+    step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]
     model.eval()
     metrics = task.evaluate(model, task.eval_examples)
     return {"method": method, "seed": seed, "accuracy": metrics["accuracy"], "f1": metrics["f1"],
@@ -141,7 +148,7 @@ def time_steps(methods: list[str], args: argparse.Namespace, rounds: int = 3, re
     built = {method: setup(method, 0, args, args.batch_size) for method in methods}
     best = dict.fromkeys(methods, float("inf"))
     for _ in range(rounds):
-        for method, (task, model, _, optimizer, _) in built.items():
+        for method, (task, model, _, optimizer, *_) in built.items():
             batch = task.batch(list(range(task.num_train)))
             model.train()
             for repeat in range(repeats + 1):

@@ -138,7 +138,10 @@ CASES = [
     ("adam_beta1=1.5", TRAIN + ["--set", "adam_beta1=1.5"], "adam_beta1 must be in [0, 1), got 1.5"),
     ("adam_beta2=-0.1", TRAIN + ["--set", "adam_beta2=-0.1"], "adam_beta2 must be in [0, 1)"),
     ("adam_epsilon=-1", TRAIN + ["--set", "adam_epsilon=-1"], "adam_epsilon must be positive, got -1"),
-    ("adam_weight_decay=-1", TRAIN + ["--set", "adam_weight_decay=-1"], "adam_weight_decay must be 0 or more"),
+    ("weight_decay=-1", TRAIN + ["--set", "weight_decay=-1"], "weight_decay must be 0 or more"),
+    ("both decay names", TRAIN + ["--set", "weight_decay=0.1", "--set", "adam_weight_decay=0.1"],
+     "config keys 'adam_weight_decay' and 'weight_decay' are the same setting"),
+    ("text lr_warmup_steps=-5", TEXT + ["--set", "lr_warmup_steps=-5"], "lr_warmup_steps must be 0 or more"),
     ("lr_warmup_steps=-5", TRAIN + ["--set", "lr_warmup_steps=-5"], "lr_warmup_steps must be 0 or more, got -5"),
     ("max_grad_norm=-1", TRAIN + ["--set", "max_grad_norm=-1"], "max_grad_norm must be 0 or more"),
     # issue 17: caption keys

@@ -78,7 +78,7 @@ def test_mixed_precision_no_as_documented_in_yaml_and_set(tmp_path):
 
 
 @pytest.mark.parametrize("command, keys", [
-    (["train"], ["learning_rate", "adam_weight_decay", "mixed_precision", "adapter.rank", "adapter.tau"]),
+    (["train"], ["learning_rate", "weight_decay", "mixed_precision", "adapter.rank", "adapter.tau"]),
     (["text", "train"], ["learning_rate", "weight_decay", "adapter.targets", "labels"]),
 ])
 def test_list_keys_prints_every_key_with_type_and_default(command, keys, capsys):
@@ -88,4 +88,24 @@ def test_list_keys_prints_every_key_with_type_and_default(command, keys, capsys)
     assert lines[0].split() == ["key", "type", "default"] and set(keys) <= set(table)
     assert table["learning_rate"][0] == "float" and table["adapter.rank"] == ["int", "8"]
     if command == ["train"]:
-        assert table["mixed_precision"] == ["str", "no"] and table["adam_weight_decay"] == ["float", "0.01"]
+        assert table["mixed_precision"] == ["str", "no"] and table["weight_decay"] == ["float", "0.01"]
+
+
+@pytest.mark.parametrize("config_class, old, new, value", [
+    ("DreamBoothConfig", "adam_weight_decay", "weight_decay", 0.3),
+    ("TextTrainConfig", "batch_size", "train_batch_size", 4),
+])
+def test_old_key_names_still_work_with_a_note(config_class, old, new, value, tmp_path, capsys):
+    """One release of aliases: the old name sets the new key and says so on stderr; the shared keys have one
+    default in both trainers."""
+    from dreamlr.diffusion.config import DreamBoothConfig
+    from dreamlr.text.config import TextTrainConfig
+
+    cls = {"DreamBoothConfig": DreamBoothConfig, "TextTrainConfig": TextTrainConfig}[config_class]
+    required = {"instance_data_dir": str(tmp_path), "instance_prompt": "p"} if cls is DreamBoothConfig else {}
+    config = cls.from_sources(None, {old: value, **required})
+    assert getattr(config, new) == value and old not in config.to_dict()
+    assert f"note: config key '{old}' is now '{new}'" in capsys.readouterr().err
+    shared = ("optimizer", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "seed",
+              "gradient_accumulation_steps", "mixed_precision", "lr_warmup_steps", "checkpoints_total_limit")
+    assert {k: getattr(DreamBoothConfig(), k) for k in shared} == {k: getattr(TextTrainConfig(), k) for k in shared}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamlr import training
+from dreamlr.training import metrics as training
 from dreamlr.cli import main
 from dreamlr.training import ProgressLog, progress
 

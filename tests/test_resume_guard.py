@@ -14,7 +14,8 @@ from test_text_models import sentiment_rows, tiny_model, write_tsv
 
 from dreamlr.cli import main
 from dreamlr.diffusion import train as train_module
-from dreamlr.training import _diverged_hint
+from dreamlr.training import loop as loop_module
+from dreamlr.training.checkpoints import _diverged_hint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo_subject"
@@ -145,7 +146,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, capsys,
             with torch.no_grad():
                 next(p for n, p in model.named_parameters() if n.endswith("lora_B")).fill_(float("inf"))
 
-    monkeypatch.setattr(train_module, "set_step", poison_after_step_2)
+    monkeypatch.setattr(loop_module, "set_step", poison_after_step_2)
     run = tmp_path / "run"
     assert main(train_args(run, "--max-steps", "4", "--set", "checkpointing_steps=1",
                            "--set", "checkpoints_total_limit=5")) == 2

@@ -13,7 +13,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 from safetensors import safe_open
 
-from dreamlr.adapters import AdapterConfig, attach, merge, read_adapter_header, save_adapter, trainable_parameters
+from dreamlr.adapters import AdapterConfig, attach, read_adapter_header, save_adapter, trainable_parameters
 from dreamlr.cli import main
 from dreamlr.diffusion import load_components, load_pipeline
 from dreamlr.diffusion.data import DreamBoothDataset

@@ -159,9 +159,8 @@ def test_resume_after_interrupt_equals_uninterrupted(kind, variant, tmp_path, tm
 
     real_fit = train_module.fit
 
-    def killed_in_step_5(*args, after_step, **kwargs):
-        def stop_after_4(done, loss, seconds):
-            after_step(done, loss, seconds)
+    def killed_in_step_5(*args, **kwargs):
+        def stop_after_4(done):  # after step 4's metrics and checkpoint
             if done == 4:
                 raise KeyboardInterrupt
         real_fit(*args, after_step=stop_after_4, **kwargs)

@@ -17,6 +17,7 @@ from dreamlr.adapters import VARIANTS
 from dreamlr.cli import main
 from dreamlr.diffusion import load_pipeline
 from dreamlr.diffusion import train as train_module
+from dreamlr.training import loop as loop_module
 from dreamlr.diffusion.config import DreamBoothConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +139,9 @@ def test_caption_options_reach_the_text_encoder(tmp_path, monkeypatch):
 def test_gradient_accumulation_steps_the_schedule_per_optimizer_step(tmp_path, monkeypatch):
     seen_steps = []
     real_set_step = train_module.set_step
-    monkeypatch.setattr(train_module, "set_step", lambda model, step: (seen_steps.append(step), real_set_step(model, step)))
+    spy = lambda model, step: (seen_steps.append(step), real_set_step(model, step))  # noqa: E731
+    monkeypatch.setattr(train_module, "set_step", spy)  # the resume step
+    monkeypatch.setattr(loop_module, "set_step", spy)  # after each optimizer step
     config = run_config(tmp_path, max_train_steps=4, gradient_accumulation_steps=3, lr_scheduler="linear",
                         learning_rate=1e-3, adapter={"variant": "singlora", "rank": 2, "targets": "attn", "ramp_steps": 4})
     run_dir = train_module.train(config)

@@ -31,7 +31,7 @@ TRAIN_FLAGS = {
     "epochs": "epochs",
     "max_steps": "max_train_steps",
     "learning_rate": "learning_rate",
-    "batch_size": "batch_size",
+    "batch_size": "train_batch_size",
     "max_length": "max_length",
     "max_train_samples": "max_train_samples",
     "seed": "seed",

@@ -14,17 +14,14 @@ from dreamlr.adapters import AdapterConfig
 from dreamlr.diffusion.captions import CaptionPolicy
 from dreamlr.diffusion.concepts import Subset, read_subsets
 from dreamlr.diffusion.sample_prompts import SamplePrompt, read_sample_prompts
-from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
+from dreamlr.config_files import build_config, check_output_dir, check_types
 from dreamlr import tracking
 from dreamlr.errors import UserError
-from dreamlr.optimizers import check_optimizer
-from dreamlr.training import LR_SCHEDULERS
-
-MIXED_PRECISION = ("no", "fp16", "bf16")
+from dreamlr.training.config import TrainingKeys
 
 
 @dataclass
-class DreamBoothConfig:
+class DreamBoothConfig(TrainingKeys):
     """Every setting of a DreamBooth run. `adapter` is an AdapterConfig dict; `text_encoder_adapter`
     overrides it for the text encoder(s) (used when `train_text_encoder`), and `text_encoder_2_adapter`
     overrides that for SDXL's second text encoder."""
@@ -60,30 +57,18 @@ class DreamBoothConfig:
     random_flip: bool = False
     train_batch_size: int = 1
     max_train_steps: int = 400
-    gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     learning_rate: float = 1e-4
-    optimizer: str = "adamw"
     lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
     ema_decay: float | None = None
-    mixed_precision: str = "no"
     snr_gamma: float | None = None
     rescale_betas_zero_snr: bool = False
     noise_offset: float = 0.0
-    seed: int = 0
     checkpointing_steps: int = 100
-    checkpoints_total_limit: int | None = 2
     validation_prompt: str | None = None
     validation_steps: int = 100
     num_validation_images: int = 2
     validation_inference_steps: int = 25
-    resume_from_checkpoint: str | None = None
     report_to: str = "none"
     sample_prompts: str | None = None
 
@@ -113,8 +98,7 @@ class DreamBoothConfig:
             raise UserError(f"resolution must be a positive multiple of 8, got {self.resolution}")
         self._check_buckets()
         subsets = self.subsets()
-        for key in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "num_class_images",
-                    "validation_steps", "checkpointing_steps", "validation_inference_steps"):
+        for key in ("max_train_steps", "num_class_images", "validation_steps", "validation_inference_steps"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
@@ -127,22 +111,15 @@ class DreamBoothConfig:
             raise UserError(f"caption_dropout_rate must be in [0, 1), got {self.caption_dropout_rate}")
         if self.keep_tokens and not self.shuffle_caption:
             raise UserError("keep_tokens only applies with shuffle_caption: true; set both or drop keep_tokens")
-        if any(lr is not None and lr <= 0 for lr in (self.learning_rate, self.text_encoder_lr, self.text_encoder_2_lr)):
+        if any(lr is not None and lr <= 0 for lr in (self.text_encoder_lr, self.text_encoder_2_lr)):
             raise UserError("learning rates must be positive")
-        check_optimizer_keys(self, "adam_weight_decay")
-        check_optimizer(self.optimizer)
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise UserError(f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UserError(f"unknown mixed_precision {self.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
+        self.check_training_keys()
         missing = next((k for k, sub in enumerate(subsets, start=1) if not sub.class_prompt), None)
         if self.with_prior_preservation and missing is not None:
             where = f"dataset subset {missing}" if self.dataset is not None else "with_prior_preservation"
             raise UserError(f"{where} needs class_prompt (e.g. 'a photo of dog') for prior preservation")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise UserError(f"snr_gamma must be positive, got {self.snr_gamma}")
-        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            raise UserError(f"checkpoints_total_limit must be at least 1 or null, got {self.checkpoints_total_limit}")
         from dreamlr.diffusion.models import check_model_source
 
         check_model_source(self.pretrained_model_name_or_path, zero_snr=self.rescale_betas_zero_snr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
 import dataclasses
 from pathlib import Path
@@ -36,14 +35,12 @@ from dreamlr.training import (
     MetricsLog,
     adapter_groups,
     build_lr_scheduler,
-    check_finite,
     check_run_folder,
     check_weights_finite,
-    peak_memory_mb,
-    progress,
     start_run_folder,
-    step_generator,
 )
+from dreamlr.training.config import ALIASES
+from dreamlr.training.loop import TrainingLoop, check_launch
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # keys a resumed run may change: how long it runs, how often it checkpoints and samples
@@ -63,10 +60,9 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
         load_instance_images(subset.instance_data_dir)  # fail on bad data before loading any model
     if any(s.class_data_dir for s in subsets) and not config.with_prior_preservation:
         raise UserError("class_data_dir is set but with_prior_preservation is false; enable it or drop the folder")
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    config.check_device()
     check_run_folder(run_dir, config.to_dict(), DreamBoothConfig().to_dict(), overwrite=overwrite,
-                     may_change=RESUME_MAY_CHANGE,
+                     may_change=RESUME_MAY_CHANGE, aliases=ALIASES,
                      inputs=(*(d for s in subsets for d in (s.instance_data_dir, s.class_data_dir)),
                              config.pretrained_model_name_or_path))
     checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit, config.mixed_precision)
@@ -77,13 +73,15 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               **tracking.accelerator_options(config.report_to, run_dir))
+    check_launch(accelerator)
     device, weight_dtype = accelerator.device, DTYPES[config.mixed_precision]
     parts = load_components(config.pretrained_model_name_or_path, vae=config.vae)
     config.check_model_kind(parts.is_sdxl)
     if config.rescale_betas_zero_snr:
         parts.noise_scheduler, parts.scheduler = zero_snr_schedulers(parts.scheduler.config, parts.source)
-    class_dirs = [prepare_class_images(subset_config(config, s), parts, device) for s in subsets] \
-        if config.with_prior_preservation else []
+    with accelerator.main_process_first():  # the main process generates missing class images, the others read them
+        class_dirs = [prepare_class_images(subset_config(config, s), parts, device) for s in subsets] \
+            if config.with_prior_preservation else []
 
     for model in (parts.unet, parts.vae, *parts.text_encoders().values()):
         model.requires_grad_(False).to(device)
@@ -111,68 +109,50 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
 
     optimizer = build_optimizer(adapter_groups(optimizer_parts), name=config.optimizer, beta1=config.adam_beta1,
                                 beta2=config.adam_beta2,
-                                weight_decay=config.adam_weight_decay, epsilon=config.adam_epsilon)
+                                weight_decay=config.weight_decay, epsilon=config.adam_epsilon)
     lr_scheduler = build_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
     ema = AdapterEMA(adapted, config.ema_decay) if config.ema_decay else None
     start_step = 0
     if resume_from is not None:
         start_step = CheckpointManager.load(resume_from, adapted, optimizer, lr_scheduler, ema)
     set_step(adapted, start_step)
-    names = list(parts.text_encoders())
-    unet, *encoders, optimizer = accelerator.prepare(parts.unet, *parts.text_encoders().values(), optimizer)
-    text_encoders = dict(zip(names, encoders))
+    # only trained models go through prepare (several processes: DDP wraps them, and refuses frozen ones)
+    *prepared, optimizer = accelerator.prepare(*adapted.values(), optimizer)
+    wrapped = dict(zip(adapted, prepared))
+    unet = wrapped["unet"]
+    text_encoders = {name: wrapped.get(name, encoder) for name, encoder in parts.text_encoders().items()}
 
-    start_run_folder(run_dir, overwrite)
-    write_yaml(run_dir / "config.yaml", config.to_dict())
+    accelerator.wait_for_everyone()  # every process has checked the run folder before the main one writes
+    main = accelerator.is_main_process
+    if main:
+        start_run_folder(run_dir, overwrite)
+        write_yaml(run_dir / "config.yaml", config.to_dict())
     tracking.start(accelerator, config.report_to, config.to_dict())
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step)
-    metadata = run_metadata(config)
     samples = config.sample_prompt_list()
     embed = PromptEncoder(parts, text_encoders, trainable=config.train_text_encoder)
     unet.train()
     for encoder in text_encoders.values():
         encoder.train(config.train_text_encoder)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    bar = progress(config.max_train_steps, start_step, "train")
-    for step in range(start_step, config.max_train_steps):
-        started = time.perf_counter()
-        losses = []
-        for micro in range(config.gradient_accumulation_steps):
-            generator = step_generator(config.seed + accelerator.process_index, step, micro)
-            torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))  # adapter dropout
-            loss = micro_step(config, parts, unet, embed, instance, prior, generator, device, weight_dtype)
-            check_finite(loss.detach(), step + 1, checkpoints, config.mixed_precision)
-            accelerator.backward(loss / config.gradient_accumulation_steps)
-            losses.append(loss.item())
-        grad_norm = None
-        if config.max_grad_norm:
-            grad_norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update()
-        done = step + 1
-        set_step(adapted, done)
-        bar.update(1)
-        bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
-        if accelerator.is_main_process:
-            values = {"loss": sum(losses) / len(losses), "lr": lr_scheduler.get_last_lr()[0],
-                      "step_seconds": round(time.perf_counter() - started, 4)}
-            if grad_norm is not None:
-                values["grad_norm"] = round(grad_norm, 6)
-            metrics.write(step=done, **values, peak_memory_mb=round(peak_memory_mb(device), 1))
-            accelerator.log(values, step=done)
-            if done % config.checkpointing_steps == 0 and done < config.max_train_steps:
-                checkpoints.save(done, adapted, optimizer, lr_scheduler, metadata, ema)
-            if done % config.validation_steps == 0 or done == config.max_train_steps:
-                with accelerator.autocast():  # the prepared UNet returns fp32 latents to a bf16/fp16 VAE
-                    images = save_samples(config, parts, run_dir / "samples" / f"step-{done}", device, samples)
-                tracking.log_images(accelerator, config.report_to, images, done)
-                unet.train()
-    bar.close()
+    loop = TrainingLoop(accelerator, adapted, list(wrapped.values()), optimizer, lr_scheduler, checkpoints,
+                        MetricsLog(run_dir / "metrics.jsonl", start_step) if main else None, seed=config.seed,
+                        accumulation=config.gradient_accumulation_steps, max_grad_norm=config.max_grad_norm,
+                        checkpointing_steps=config.checkpointing_steps, metadata=run_metadata(config),
+                        mixed_precision=config.mixed_precision, ema=ema)
+
+    def micro_loss(step: int, index: int, generator: torch.Generator) -> torch.Tensor:
+        return micro_step(config, parts, unet, embed, instance, prior, generator, device, weight_dtype)
+
+    def validate(done: int) -> None:
+        if done % config.validation_steps == 0 or done == config.max_train_steps:
+            with accelerator.autocast():  # the prepared UNet returns fp32 latents to a bf16/fp16 VAE
+                images = save_samples(config, parts, run_dir / "samples" / f"step-{done}", device, samples)
+            tracking.log_images(accelerator, config.report_to, images, done)
+            unet.train()
+
+    loop.run(start_step, config.max_train_steps, micro_loss, after_step=validate)
     accelerator.end_training()
-    if accelerator.is_main_process:
+    if main:
+        metadata = run_metadata(config)
         check_weights_finite(adapted, optimizer, config.max_train_steps, checkpoints, config.mixed_precision)
         save_adapter(adapted, run_dir / ADAPTER_FILE, metadata={**metadata, "step": config.max_train_steps})
         if ema is not None:

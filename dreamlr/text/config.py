@@ -8,10 +8,9 @@ from typing import Any
 
 
 from dreamlr.adapters import AdapterConfig
-from dreamlr.config_files import build_config, check_optimizer_keys, check_output_dir, check_types
+from dreamlr.config_files import build_config, check_output_dir, check_types
 from dreamlr.errors import UserError
-from dreamlr.optimizers import check_optimizer
-from dreamlr.training import LR_SCHEDULERS
+from dreamlr.training.config import TrainingKeys
 
 TASKS = ("classification", "causal-lm")
 # task -> default (text column, text-pair column, label column); for causal-lm: instruction, input, response
@@ -23,7 +22,7 @@ DEFAULT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 @dataclass
-class TextTrainConfig:
+class TextTrainConfig(TrainingKeys):
     """Every setting of a text run. Columns left null take the task's defaults (DEFAULT_COLUMNS);
     `labels` left null is the training file's labels, sorted. `adapter` is an AdapterConfig dict."""
 
@@ -41,9 +40,8 @@ class TextTrainConfig:
     epochs: int = 3
     max_train_steps: int | None = None
     learning_rate: float = 5e-4
-    optimizer: str = "adamw"
     head_learning_rate: float | None = None
-    batch_size: int = 32
+    train_batch_size: int = 32
     eval_batch_size: int = 64
     max_length: int = 128
     group_by_length: bool = False
@@ -51,16 +49,7 @@ class TextTrainConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     lr_scheduler: str = "linear"
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    seed: int = 0
     checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None
 
     @classmethod
     def from_sources(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> TextTrainConfig:
@@ -80,18 +69,15 @@ class TextTrainConfig:
         check_types(self)
         if self.task not in TASKS:
             raise UserError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
-        for key in ("epochs", "batch_size", "eval_batch_size", "max_length", "max_new_tokens", "checkpointing_steps",
-                    "max_train_steps", "max_train_samples", "max_eval_samples", "checkpoints_total_limit"):
+        for key in ("epochs", "eval_batch_size", "max_length", "max_new_tokens", "max_train_steps", "max_train_samples",
+                    "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"{key} must be at least 1, got {value}")
-        if self.learning_rate <= 0 or (self.head_learning_rate is not None and self.head_learning_rate <= 0):
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
             raise UserError("learning rates must be positive")
-        check_optimizer_keys(self, "weight_decay")
-        check_optimizer(self.optimizer)
+        self.check_training_keys()
         check_output_dir(self.output_dir)
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise UserError(f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
         if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
             raise UserError(f"labels must be at least two distinct names, got {self.labels}")
         try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import nn
 
 from dreamlr import __version__
@@ -23,7 +24,6 @@ from dreamlr.adapters import (
 )
 from dreamlr.adapters.attach import attach_to
 from dreamlr.adapters.config import AdapterConfigError
-from dreamlr.devices import default_device
 from dreamlr.errors import UserError
 from dreamlr.fileio import write_text, write_yaml
 from dreamlr.text.classification import ClassificationTask
@@ -36,14 +36,12 @@ from dreamlr.training import (
     CheckpointManager,
     MetricsLog,
     build_lr_scheduler,
-    check_finite,
     check_run_folder,
     check_weights_finite,
-    peak_memory_mb,
-    progress,
     start_run_folder,
-    step_generator,
 )
+from dreamlr.training.config import ALIASES
+from dreamlr.training.loop import TrainingLoop, check_launch
 
 # keys a resumed run may change: how long it runs, how often it checkpoints, what it is evaluated on
 RESUME_MAY_CHANGE = ("max_train_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit", "eval_file",
@@ -59,14 +57,19 @@ def train(config: TextTrainConfig, overwrite: bool = False) -> Path:
     `overwrite` deletes what it holds first."""
     if not config.train_file:
         raise UserError("train_file is not set: give --train FILE")
+    config.check_device()
     task = make_task(config)  # reads and checks the data before any model loads
     run_dir = Path(config.output_dir).expanduser().resolve()
-    total = total_steps(config, task.num_train)
+    AcceleratorState._reset_state(reset_partial_state=False)  # one process may train several runs
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    check_launch(accelerator)
+    total = total_steps(config, task.num_train, accelerator.num_processes)
     if isinstance(task, ClassificationTask):  # config.yaml records the label order the head was trained with
         config = dataclasses.replace(config, labels=task.labels)
     check_run_folder(run_dir, config.to_dict(), TextTrainConfig().to_dict(), overwrite=overwrite,
-                     may_change=RESUME_MAY_CHANGE, inputs=(config.train_file, config.eval_file, config.model))
-    checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit)
+                     may_change=RESUME_MAY_CHANGE, inputs=(config.train_file, config.eval_file, config.model),
+                     aliases=ALIASES)
+    checkpoints = CheckpointManager(run_dir, config.checkpoints_total_limit, config.mixed_precision)
     resume_from = checkpoints.resolve(config.resume_from_checkpoint)
     if resume_from is not None:
         CheckpointManager.checkpoint_step(resume_from, total)
@@ -74,7 +77,6 @@ def train(config: TextTrainConfig, overwrite: bool = False) -> Path:
     model = task.load_model()
     head = task.head_names(model)
     attach_adapter(model, config.adapter_config(total), head)
-    model.to(default_device())
     head_lr = config.head_learning_rate or config.learning_rate
     optimizer = build_optimizer(trainable_groups(model, head, config.learning_rate, head_lr), name=config.optimizer,
                                 beta1=config.adam_beta1, beta2=config.adam_beta2,
@@ -86,29 +88,27 @@ def train(config: TextTrainConfig, overwrite: bool = False) -> Path:
         if head:
             load_head(model, head, resume_from / HEAD_FILE)
     set_step(model, start)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
 
-    start_run_folder(run_dir, overwrite)
-    write_yaml(run_dir / "config.yaml", config.to_dict())
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start)
+    accelerator.wait_for_everyone()  # every process has checked the run folder before the main one writes
+    main = accelerator.is_main_process
+    if main:
+        start_run_folder(run_dir, overwrite)
+        write_yaml(run_dir / "config.yaml", config.to_dict())
     metadata = {"base_model": config.model, "dreamlr_version": __version__, **task.metadata()}
-    per_epoch = steps_per_epoch(task.num_train, config.batch_size)
-    bar = progress(total, start, "train")
-
-    def after_step(done: int, loss: float, seconds: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        metrics.write(step=done, epoch=math.ceil(done / per_epoch), loss=loss, lr=scheduler.get_last_lr()[0],
-                      step_seconds=round(seconds, 4), peak_memory_mb=round(peak_memory_mb(default_device()), 1))
-        if done % config.checkpointing_steps == 0 and done < total:
-            folder = checkpoints.save(done, model, optimizer, scheduler, metadata)
-            if head:
-                save_head(model, head, folder / HEAD_FILE)
-
-    fit(model, task, optimizer, scheduler, range(start, total), seed=config.seed, batch_size=config.batch_size,
-        max_grad_norm=config.max_grad_norm, checkpoints=checkpoints, after_step=after_step,
-        group_by_length=config.group_by_length)
-    bar.close()
-    check_weights_finite(model, optimizer, total, checkpoints)
+    per_epoch = steps_per_epoch(task.num_train, global_batch(config, accelerator.num_processes))
+    loop = TrainingLoop(accelerator, model, [wrapped], optimizer, scheduler, checkpoints,
+                        MetricsLog(run_dir / "metrics.jsonl", start) if main else None, seed=config.seed,
+                        accumulation=config.gradient_accumulation_steps, max_grad_norm=config.max_grad_norm,
+                        checkpointing_steps=config.checkpointing_steps, metadata=metadata,
+                        mixed_precision=config.mixed_precision,
+                        save_extra=(lambda folder: save_head(model, head, folder / HEAD_FILE)) if head else None,
+                        step_metrics=lambda done: {"epoch": math.ceil(done / per_epoch)})
+    fit(loop, wrapped, task, config, start, total)
+    if not main:
+        return run_dir
+    check_weights_finite(model, optimizer, total, checkpoints, config.mixed_precision)
+    model = accelerator.unwrap_model(wrapped)
     save_adapter(model, run_dir / ADAPTER_FILE, metadata={**metadata, "step": total})
     if head:
         save_head(model, head, run_dir / HEAD_FILE)
@@ -119,13 +119,18 @@ def train(config: TextTrainConfig, overwrite: bool = False) -> Path:
     return run_dir
 
 
+def global_batch(config: TextTrainConfig, processes: int = 1) -> int:
+    """Examples per optimizer step: train_batch_size on each process, per micro-batch."""
+    return config.train_batch_size * config.gradient_accumulation_steps * processes
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
-def total_steps(config: TextTrainConfig, num_examples: int) -> int:
-    """`max_train_steps` when set, else epochs × batches per epoch."""
-    return config.max_train_steps or config.epochs * steps_per_epoch(num_examples, config.batch_size)
+def total_steps(config: TextTrainConfig, num_examples: int, processes: int = 1) -> int:
+    """`max_train_steps` when set, else epochs × optimizer steps per epoch."""
+    return config.max_train_steps or config.epochs * steps_per_epoch(num_examples, global_batch(config, processes))
 
 
 def batch_indices(seed: int, step: int, num_examples: int, batch_size: int,
@@ -170,32 +175,23 @@ def trainable_groups(model: nn.Module, head: list[str], lr: float, head_lr: floa
     return groups
 
 
-def fit(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, scheduler, steps: range, *, seed: int,
-        batch_size: int, max_grad_norm: float, checkpoints: CheckpointManager,
-        after_step: Callable[[int, float, float], None], group_by_length: bool = False) -> None:
-    """Run the optimizer steps in `steps`; `after_step(done, loss, seconds)` follows each one.
+def fit(loop: TrainingLoop, model: nn.Module, task: Task, config: TextTrainConfig, start: int, total: int,
+        after_step: Callable[[int], None] | None = None) -> None:
+    """Run optimizer steps `start` … `total` - 1. A step's examples are `batch_indices` of the global batch; micro-batch
+    g (of process × accumulation) takes its g-th slice of train_batch_size examples. Every random draw of a step
+    (examples, dropout) is a function of (seed, step)."""
+    lengths = task.lengths if config.group_by_length else None
+    device = loop.accelerator.device
+    size = config.train_batch_size
+    batch = global_batch(config, loop.accelerator.num_processes)
 
-    All randomness of a step (batch, dropout) is a function of (seed, step) only.
-    """
-    lengths = task.lengths if group_by_length else None
-    device = next(model.parameters()).device
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    def micro_loss(step: int, index: int, generator: torch.Generator) -> torch.Tensor:
+        indices = batch_indices(config.seed, step, task.num_train, batch, lengths)[index * size:(index + 1) * size]
+        examples = task.batch(indices)
+        return task.loss(model, {key: value.to(device) for key, value in examples.items()})
+
     model.train()
-    for step in steps:
-        started = time.perf_counter()
-        generator = step_generator(seed, step)
-        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))  # dropout
-        batch = task.batch(batch_indices(seed, step, task.num_train, batch_size, lengths))
-        loss = task.loss(model, {key: value.to(device) for key, value in batch.items()})
-        check_finite(loss.detach(), step + 1, checkpoints)
-        loss.backward()
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        set_step(model, step + 1)
-        after_step(step + 1, loss.item(), time.perf_counter() - started)
+    loop.run(start, total, micro_loss, after_step)
 
 
 def _numel(model: nn.Module, names: list[str]) -> int:
@@ -214,7 +210,7 @@ def model_card(config: TextTrainConfig, trainable: int, steps: int) -> str:
 - base model: `{config.model}`
 - adapter: `{adapter.variant}`, rank {adapter.rank}, alpha {adapter.alpha}, targets `{adapter.targets}`{head}
 - trainable parameters: {trainable:,}
-- steps: {steps} (batch {config.batch_size}, max length {config.max_length}), learning rate {config.learning_rate}, seed {config.seed}{labels}
+- steps: {steps} (batch {config.train_batch_size} × {config.gradient_accumulation_steps} accumulation, max length {config.max_length}), learning rate {config.learning_rate}, seed {config.seed}{labels}
 - trained with dreamlr {__version__}
 
 ## Use it
