@@ -70,6 +70,7 @@ def expected_count(variant: str, out_f: int, in_f: int, r: int = RANK) -> int:
         "singlora": r * max(out_f, in_f),
         "dual_lora": r * (in_f + out_f),
         "d2lora": 2 * r * (in_f + out_f),
+        "loha": 2 * r * (in_f + out_f),
     }[variant]
 
 

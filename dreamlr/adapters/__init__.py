@@ -1,7 +1,6 @@
-"""The adapter library: six low-rank variants on nn.Linear and nn.Conv2d, one implementation each."""
+"""The adapter library: low-rank variants on nn.Linear and nn.Conv2d, one implementation (and module) each."""
 
 from dreamlr.adapters.attach import (
-    LAYER_CLASSES,
     adapter_layers,
     attach,
     count_parameters,
@@ -15,8 +14,9 @@ from dreamlr.adapters.attach import (
     unmerge,
 )
 from dreamlr.adapters.base import AdapterLayer
-from dreamlr.adapters.config import PRESETS, VARIANTS, AdapterConfig, AdapterConfigError
+from dreamlr.adapters.config import PRESETS, AdapterConfig, AdapterConfigError
 from dreamlr.adapters.io import AdapterFileError, load_adapter, read_adapter_header, save_adapter
+from dreamlr.adapters.registry import LAYER_CLASSES, VARIANTS
 
 __all__ = [
     "AdapterConfig", "AdapterConfigError", "AdapterFileError", "AdapterLayer", "LAYER_CLASSES", "PRESETS",

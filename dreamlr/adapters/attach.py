@@ -9,20 +9,7 @@ from torch import nn
 
 from dreamlr.adapters.base import AdapterLayer, is_adaptable, is_linear_like
 from dreamlr.adapters.config import PRESETS, AdapterConfig, AdapterConfigError
-from dreamlr.adapters.d2lora import D2LoRALayer
-from dreamlr.adapters.dora import DoRALayer
-from dreamlr.adapters.dual_lora import DualLoRALayer
-from dreamlr.adapters.lora import LoRALayer, LoRAPlusLayer
-from dreamlr.adapters.singlora import SingLoRALayer
-
-LAYER_CLASSES: dict[str, type[AdapterLayer]] = {
-    "lora": LoRALayer,
-    "loraplus": LoRAPlusLayer,
-    "dora": DoRALayer,
-    "singlora": SingLoRALayer,
-    "dual_lora": DualLoRALayer,
-    "d2lora": D2LoRALayer,
-}
+from dreamlr.adapters.registry import LAYER_CLASSES
 
 # `all-linear` leaves output heads alone: they are trained in full or not at all.
 _HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs")

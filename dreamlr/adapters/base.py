@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -11,16 +12,31 @@ from torch import nn
 from dreamlr.adapters.config import AdapterConfig, AdapterConfigError
 
 
+class LoRAForm(NamedTuple):
+    """A layer's update as a LoRA: ΔW = (alpha / rank)·up·down, or PEFT's DoRA form where `magnitude` is set."""
+
+    down: torch.Tensor  # (r, in*kh*kw)
+    up: torch.Tensor  # (out, r)
+    alpha: float
+    magnitude: torch.Tensor | None = None  # (out,)
+
+
 class AdapterLayer(nn.Module):
     """Base of every variant: geometry of the wrapped layer, step buffer, merge / unmerge.
 
     A Conv2d kernel (out, in, kh, kw) is seen as the matrix (out, in*kh*kw) wherever a dense
     weight is needed; its low-rank "down" factor is a conv with the base's kernel size, stride,
     padding and dilation, and its "up" factor a 1x1 conv.
-    Subclasses define `tensor_names`, `param_count`, `_create_parameters`, `_adapted_forward`
-    and `merged_weight`.
+
+    A variant is a subclass that sets `name` in a module of dreamlr/adapters/ (the registry finds it
+    there): it defines `tensor_names`, `param_count`, `_create_parameters`, `_adapted_forward` and
+    `merged_weight`, and where it differs from the defaults here `order`, `options`, `check_options`,
+    `ranks`, `rank_step`, `matched_rank`, `lora_factors` and `lr_multipliers`.
     """
 
+    name: ClassVar[str] = ""  # the variant (`variant:` in a config); empty on classes that are none
+    order: ClassVar[int] = 0  # place in VARIANTS, the CLI's lists and compare's default (lora, its reference, first)
+    options: ClassVar[tuple[str, ...]] = ()  # the AdapterConfig fields it reads beyond rank, alpha, targets, dropout
     tensor_names: tuple[str, ...] = ()
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, name: str = "") -> None:
@@ -68,6 +84,30 @@ class AdapterLayer(nn.Module):
         """Trainable parameters of one wrapped layer (DESIGN §2)."""
         raise NotImplementedError
 
+    @classmethod
+    def check_options(cls, config: AdapterConfig) -> None:
+        """Raise AdapterConfigError on a bad value of one of `options` (run for every config, whatever its
+        variant); rules that hold only for this variant check `config.variant == cls.name`."""
+
+    @classmethod
+    def ranks(cls, config: AdapterConfig) -> tuple[int, ...]:
+        """The ranks of its factors, each at most `max_rank()` of a layer it wraps."""
+        return (config.rank,)
+
+    @classmethod
+    def rank_step(cls, config: AdapterConfig) -> int:
+        """The ranks a parameter-matched comparison may give it are multiples of this."""
+        return 1
+
+    @classmethod
+    def matched_rank(cls, config: AdapterConfig, out_features: int, in_features: int) -> int:
+        """The rank of a LoRA with as many parameters as this adapter on an (out, in) layer, at least 1."""
+        return max(1, cls.param_count(config, out_features, in_features) // (in_features + out_features))
+
+    def lora_factors(self) -> LoRAForm | None:
+        """The update as exact LoRA factors (fp32), or None where it has no such form."""
+        return None
+
     def max_rank(self) -> int:
         """Largest rank this layer allows."""
         return min(self.out_features, self.in_features)
@@ -78,7 +118,7 @@ class AdapterLayer(nn.Module):
 
     # -- shared machinery ------------------------------------------------------------------
     def _check_rank(self, name: str) -> None:
-        ranks = self.config.sub_ranks if self.config.variant == "dual_lora" else (self.config.rank,)
+        ranks = type(self).ranks(self.config)
         if max(ranks) > self.max_rank():
             raise AdapterConfigError(
                 f"rank {max(ranks)} is larger than module {name!r} allows "
@@ -170,6 +210,14 @@ class AdapterLayer(nn.Module):
             flat.addmm_(h.reshape(-1, h.shape[-1]), up.to(out.dtype).t(), alpha=scale)
             return out
         return out.add_(self.apply_up(h, up).to(out.dtype), alpha=scale)
+
+    def _can_fuse(self, x: torch.Tensor) -> bool:
+        """Whether x may go through W0 + ΔW in one matmul (variants with a dense ΔW): exact enough only in
+        fp32, and only with the same input on both paths (no dropout) and a frozen base layer."""
+        no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
+        full_precision = x.dtype == self.w0.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+        frozen = not any(p.requires_grad for p in self.base_layer.parameters())
+        return no_dropout and full_precision and frozen
 
     def adapter_input(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout (adapter path only) and cast to the adapter's dtype."""

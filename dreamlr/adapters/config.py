@@ -11,8 +11,6 @@ from typing import Any
 from dreamlr.config_files import BOOL_WORDS
 from dreamlr.errors import UserError
 
-VARIANTS: tuple[str, ...] = ("lora", "loraplus", "dora", "singlora", "dual_lora", "d2lora")
-
 PRESETS: dict[str, tuple[str, ...]] = {
     "attn-qk": ("to_q", "to_k"),
     "attn": ("to_q", "to_k", "to_v", "to_out.0"),
@@ -20,9 +18,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "all-linear": (),  # every nn.Linear but output heads, chosen by type in attach.py
     "clip-attn": ("q_proj", "k_proj", "v_proj", "out_proj"),
 }
-
-STE_MODES = ("clip", "identity")
-PROJECTIONS = ("row", "none")
 
 
 class AdapterConfigError(UserError, ValueError):
@@ -34,7 +29,8 @@ class AdapterConfig:
     """One adapter variant with its rank, scale, targets and the open choices of its paper.
 
     `alpha` defaults to `rank` (scale 1). `targets` is a preset name or a list of module-name
-    suffixes / regexes. Options of other variants are kept but unused.
+    suffixes / regexes. The fields below `lora_dropout` are variants' own options (each variant class
+    names its `options` and checks them); options of other variants are kept, checked, but unused.
     """
 
     variant: str = "lora"
@@ -67,6 +63,8 @@ class AdapterConfig:
         self._validate()
 
     def _validate(self) -> None:
+        from dreamlr.adapters.registry import LAYER_CLASSES, VARIANTS  # lazy: the variant modules import this one
+
         fail = AdapterConfigError
         if self.variant not in VARIANTS:
             raise fail(f"unknown adapter variant {self.variant!r}; known variants: {', '.join(VARIANTS)}")
@@ -82,43 +80,11 @@ class AdapterConfig:
                 )
         elif not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise fail(f"adapter targets must be a preset name or a non-empty list of names, got {self.targets!r}")
-        for key in ("lora_dropout", "lr_ratio", "init_std", "tau"):
-            value = getattr(self, key)
-            if not _is_number(value) or not math.isfinite(value):
-                raise fail(f"{key} must be a number, got {value!r}")
-        for key, choices in (("ste", STE_MODES), ("projection", PROJECTIONS)):
-            if not isinstance(getattr(self, key), str):
-                raise fail(f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
-        if not isinstance(self.residual_after_projection, bool):
-            raise fail(f"residual_after_projection must be true or false, got {self.residual_after_projection!r}")
-        if self.tau < 0:
-            raise fail(f"tau must be 0 or more, got {self.tau!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
+        if not 0.0 <= check_number(self, "lora_dropout") < 1.0:
             raise fail(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.lr_ratio <= 0:
-            raise fail(f"lr_ratio must be positive, got {self.lr_ratio!r}")
-        for key in ("ramp_steps", "warmup_steps", "total_steps"):
-            value = getattr(self, key)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise fail(f"{key} must be a positive integer or null, got {value!r}")
-        if self.ste not in STE_MODES:
-            raise fail(f"unknown ste {self.ste!r}; choose one of {', '.join(STE_MODES)}")
-        if self.projection not in PROJECTIONS:
-            raise fail(f"unknown projection {self.projection!r}; choose one of {', '.join(PROJECTIONS)}")
-        if self.init_std <= 0:
-            raise fail(f"init_std must be positive, got {self.init_std!r}")
-        if self.variant == "dual_lora":
-            for key in ("magnitude_rank", "direction_rank"):
-                value = getattr(self, key)
-                if value is not None and (not _is_int(value) or value < 1):
-                    raise fail(f"{key} must be a positive integer, got {value!r}")
-            if (self.magnitude_rank is None) != (self.direction_rank is None):
-                raise fail("dual_lora: give both magnitude_rank and direction_rank, or neither")
-            if self.magnitude_rank is None and self.rank % 2:
-                raise fail(
-                    f"dual_lora splits rank evenly between its magnitude and direction groups; rank {self.rank} "
-                    "is odd: use an even rank or set magnitude_rank and direction_rank"
-                )
+        check_steps(self, "total_steps")
+        for layer_class in LAYER_CLASSES.values():  # every variant's options: a config keeps those of others too
+            layer_class.check_options(self)
 
     @property
     def scale(self) -> float:
@@ -163,6 +129,52 @@ class AdapterConfig:
         if isinstance(word, str) and word.lower() in BOOL_WORDS:  # YAML 1.1's yes/no/on/off
             data = {**data, "residual_after_projection": BOOL_WORDS[word.lower()]}
         return cls(**data)
+
+
+# -- checks of one option, for the variant classes' `check_options` --------------------------------
+def check_number(config: AdapterConfig, key: str) -> float:
+    """The option's value, which must be a finite number."""
+    value = getattr(config, key)
+    if not _is_number(value) or not math.isfinite(value):
+        raise AdapterConfigError(f"{key} must be a number, got {value!r}")
+    return value
+
+
+def check_positive(config: AdapterConfig, key: str) -> None:
+    if check_number(config, key) <= 0:
+        raise AdapterConfigError(f"{key} must be positive, got {getattr(config, key)!r}")
+
+
+def check_non_negative(config: AdapterConfig, key: str) -> None:
+    if check_number(config, key) < 0:
+        raise AdapterConfigError(f"{key} must be 0 or more, got {getattr(config, key)!r}")
+
+
+def check_choice(config: AdapterConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, key)
+    if not isinstance(value, str):
+        raise AdapterConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    if value not in choices:
+        raise AdapterConfigError(f"unknown {key} {value!r}; choose one of {', '.join(choices)}")
+
+
+def check_flag(config: AdapterConfig, key: str) -> None:
+    if not isinstance(getattr(config, key), bool):
+        raise AdapterConfigError(f"{key} must be true or false, got {getattr(config, key)!r}")
+
+
+def check_steps(config: AdapterConfig, key: str) -> None:
+    """A step count: a positive integer, or None (resolved from `total_steps`)."""
+    value = getattr(config, key)
+    if value is not None and (not _is_int(value) or value < 1):
+        raise AdapterConfigError(f"{key} must be a positive integer or null, got {value!r}")
+
+
+def check_rank(config: AdapterConfig, key: str) -> None:
+    """An optional rank: a positive integer, or None."""
+    value = getattr(config, key)
+    if value is not None and (not _is_int(value) or value < 1):
+        raise AdapterConfigError(f"{key} must be a positive integer, got {value!r}")
 
 
 def _is_number(value: Any) -> bool:

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from dreamlr.adapters.base import AdapterLayer, row_norm_sq, row_sq
-from dreamlr.adapters.config import AdapterConfig
+from dreamlr.adapters.config import AdapterConfig, check_choice, check_flag, check_non_negative
 
 _TINY = 1e-12
+PROJECTIONS = ("row", "none")
 
 
 class D2LoRALayer(AdapterLayer):
@@ -24,6 +25,7 @@ class D2LoRALayer(AdapterLayer):
     to it while ΔW = 0.
     """
 
+    name, order, options = "d2lora", 5, ("tau", "projection", "residual_after_projection")
     tensor_names = ("pos_B", "pos_A", "neg_B", "neg_A")
 
     def _create_parameters(self, factory: dict) -> None:
@@ -37,6 +39,12 @@ class D2LoRALayer(AdapterLayer):
     @classmethod
     def param_count(cls, config: AdapterConfig, out_features: int, in_features: int) -> int:
         return 2 * config.rank * (in_features + out_features)
+
+    @classmethod
+    def check_options(cls, config: AdapterConfig) -> None:
+        check_non_negative(config, "tau")
+        check_choice(config, "projection", PROJECTIONS)
+        check_flag(config, "residual_after_projection")
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(up, down) with ΔW = up·down: up = s·[B₊, −τ·B₋] (out, 2r), down = [A₊; A₋] (2r, in)."""

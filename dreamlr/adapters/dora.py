@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dreamlr.adapters.base import row_norm_sq, row_sq
+from dreamlr.adapters.base import LoRAForm, row_norm_sq, row_sq
 from dreamlr.adapters.config import AdapterConfig
 from dreamlr.adapters.lora import LoRALayer
 
@@ -23,6 +23,7 @@ class DoRALayer(LoRALayer):
     eval (or without dropout) the base matmul runs once.
     """
 
+    name, order = "dora", 2
     tensor_names = ("lora_A", "lora_B", "magnitude")
 
     def _create_parameters(self, factory: dict) -> None:
@@ -62,3 +63,7 @@ class DoRALayer(LoRALayer):
         adapted = self.w0.float() + self.scale * (self.lora_B @ self.lora_A)
         norm = adapted.norm(dim=1, keepdim=True).detach()
         return self.magnitude[:, None] / norm.clamp_min(_TINY) * adapted
+
+    def lora_factors(self) -> LoRAForm:
+        """PEFT's DoRA form (formats without DoRA take the SVD of W' − W0 instead)."""
+        return LoRAForm(self.lora_A, self.lora_B, float(self.config.alpha), self.magnitude)

@@ -9,8 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamlr.adapters.base import AdapterLayer
-from dreamlr.adapters.config import AdapterConfig
+from dreamlr.adapters.config import (
+    AdapterConfig,
+    AdapterConfigError,
+    check_choice,
+    check_positive,
+    check_rank,
+    check_steps,
+)
 
+STE_MODES = ("clip", "identity")
 
 # the fp32 number just above 1: hardtanh_backward passes the gradient on the open interval
 # (−_ABOVE_ONE, _ABOVE_ONE), which is |x| ≤ 1 for fp32 x
@@ -121,6 +129,8 @@ class DualLoRALayer(AdapterLayer):
     is and ΔW (fp32, from `DualDelta`) on the adapter path.
     """
 
+    name, order = "dual_lora", 4
+    options = ("warmup_steps", "ste", "magnitude_rank", "direction_rank", "init_std")
     tensor_names = ("mag_B", "mag_A", "dir_B", "dir_A")
 
     def _create_parameters(self, factory: dict) -> None:
@@ -134,6 +144,32 @@ class DualLoRALayer(AdapterLayer):
     @classmethod
     def param_count(cls, config: AdapterConfig, out_features: int, in_features: int) -> int:
         return sum(config.sub_ranks) * (in_features + out_features)
+
+    @classmethod
+    def check_options(cls, config: AdapterConfig) -> None:
+        check_steps(config, "warmup_steps")
+        check_choice(config, "ste", STE_MODES)
+        check_positive(config, "init_std")
+        if config.variant != cls.name:
+            return
+        check_rank(config, "magnitude_rank")
+        check_rank(config, "direction_rank")
+        if (config.magnitude_rank is None) != (config.direction_rank is None):
+            raise AdapterConfigError("dual_lora: give both magnitude_rank and direction_rank, or neither")
+        if config.magnitude_rank is None and config.rank % 2:
+            raise AdapterConfigError(
+                f"dual_lora splits rank evenly between its magnitude and direction groups; rank {config.rank} "
+                "is odd: use an even rank or set magnitude_rank and direction_rank"
+            )
+
+    @classmethod
+    def ranks(cls, config: AdapterConfig) -> tuple[int, ...]:
+        return config.sub_ranks
+
+    @classmethod
+    def rank_step(cls, config: AdapterConfig) -> int:
+        """2 while the rank is split evenly (r1 = r2 = rank/2)."""
+        return 2 if config.magnitude_rank is None else 1
 
     def warmup_factor(self) -> torch.Tensor:
         """u(t) at the current step."""
@@ -156,13 +192,6 @@ class DualLoRALayer(AdapterLayer):
             return self.apply_dense(x, self.delta_weight(base=self.w0), self.bias)
         out = self.base_layer(x)
         return out.add_(self.apply_dense(self.adapter_input(x), self.delta_weight()).to(out.dtype))
-
-    def _can_fuse(self, x: torch.Tensor) -> bool:
-        """W0 + ΔW is exact enough only in fp32, and needs the same input on both paths (no dropout)."""
-        no_dropout = isinstance(self.dropout, nn.Identity) or not self.training
-        full_precision = x.dtype == self.w0.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
-        frozen = not any(p.requires_grad for p in self.base_layer.parameters())
-        return no_dropout and full_precision and frozen
 
     def merged_weight(self) -> torch.Tensor:
         return self.w0.float() + self.delta_weight()

@@ -7,13 +7,14 @@ import math
 import torch
 from torch import nn
 
-from dreamlr.adapters.base import AdapterLayer
-from dreamlr.adapters.config import AdapterConfig
+from dreamlr.adapters.base import AdapterLayer, LoRAForm
+from dreamlr.adapters.config import AdapterConfig, check_positive
 
 
 class LoRALayer(AdapterLayer):
     """`lora`: A (r, in) Kaiming-uniform(a=√5), B (out, r) zero; forward x → A → B, scaled by α/r."""
 
+    name, order = "lora", 0
     tensor_names = ("lora_A", "lora_B")
 
     def _create_parameters(self, factory: dict) -> None:
@@ -34,9 +35,18 @@ class LoRALayer(AdapterLayer):
     def merged_weight(self) -> torch.Tensor:
         return self.w0.float() + self.scale * (self.lora_B @ self.lora_A)
 
+    def lora_factors(self) -> LoRAForm:
+        return LoRAForm(self.lora_A, self.lora_B, float(self.config.alpha))
+
 
 class LoRAPlusLayer(LoRALayer):
     """`loraplus`: LoRA whose B is trained at `lr_ratio` times the learning rate of A."""
+
+    name, order, options = "loraplus", 1, ("lr_ratio",)
+
+    @classmethod
+    def check_options(cls, config: AdapterConfig) -> None:
+        check_positive(config, "lr_ratio")
 
     def lr_multipliers(self) -> dict[str, float]:
         return {"lora_B": self.config.lr_ratio}

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from dreamlr.adapters.base import AdapterLayer
-from dreamlr.adapters.config import AdapterConfig
+from dreamlr.adapters.base import AdapterLayer, LoRAForm
+from dreamlr.adapters.config import AdapterConfig, check_steps
 
 
 class SingLoRALayer(AdapterLayer):
@@ -17,6 +17,7 @@ class SingLoRALayer(AdapterLayer):
     For a non-square layer the update is A[:out]·A[:in]ᵀ (the first `out` and first `in` rows).
     """
 
+    name, order, options = "singlora", 3, ("ramp_steps",)
     tensor_names = ("lora_A",)
 
     def _create_parameters(self, factory: dict) -> None:
@@ -30,6 +31,10 @@ class SingLoRALayer(AdapterLayer):
     @classmethod
     def param_count(cls, config: AdapterConfig, out_features: int, in_features: int) -> int:
         return config.rank * max(out_features, in_features)
+
+    @classmethod
+    def check_options(cls, config: AdapterConfig) -> None:
+        check_steps(config, "ramp_steps")
 
     def ramp_factor(self) -> torch.Tensor:
         """u(t) at the current step."""
@@ -45,3 +50,8 @@ class SingLoRALayer(AdapterLayer):
     def merged_weight(self) -> torch.Tensor:
         delta = self.lora_A[: self.out_features] @ self.lora_A[: self.in_features].t()
         return self.w0.float() + (self.scale * self.ramp_factor()) * delta
+
+    def lora_factors(self) -> LoRAForm:
+        """up = u(t)·A[:out], down = A[:in]ᵀ, at the same α and r."""
+        return LoRAForm(self.lora_A[: self.in_features].t(), self.lora_A[: self.out_features] * self.ramp_factor(),
+                        float(self.config.alpha))

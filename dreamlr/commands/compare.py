@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dreamlr.adapters.registry import VARIANTS
 from dreamlr.evaluation.dreambench import CLIP_DEFAULT, DINO_DEFAULT, IMAGES_PER_PROMPT
 
 HELP = ("compare adapter variants on the same subjects, data, seed, steps, prompts and scorer; writes "
         "report.md and report.html")
-ALL_VARIANTS = "lora,loraplus,dora,singlora,dual_lora,d2lora"
+ALL_VARIANTS = ",".join(VARIANTS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,8 @@ EVAL_FLAGS = {**DATA_FLAGS, "model": "model", "task": "task", "batch_size": "eva
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dreamlr.adapters.registry import variant_help  # the --variant help lists the registry's variants
+
     actions = parser.add_subparsers(dest="text_action", required=True, metavar="ACTION")
     train = actions.add_parser("train", help="train an adapter (and a classification head) on a text task",
                                description="Train an adapter on a text task. Flags and --set override --config.")
@@ -53,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _data_arguments(train)
     train.add_argument("--labels", type=_comma_list, metavar="A,B,...",
                        help="label set in id order (default: the training file's labels, sorted)")
-    train.add_argument("--variant", help="lora, loraplus, dora, singlora, dual_lora or d2lora")
+    train.add_argument("--variant", help=variant_help())
     train.add_argument("--rank", type=int, help="adapter rank")
     train.add_argument("--alpha", type=float, help="adapter alpha (default: the rank)")
     train.add_argument("--targets", type=_targets, metavar="PRESET|NAME,...",

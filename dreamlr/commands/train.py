@@ -20,13 +20,15 @@ FLAGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dreamlr.adapters.registry import variant_help  # the --variant help lists the registry's variants
+
     parser.add_argument("--config", help="YAML file of config keys (see configs/); flags and --set override it")
     parser.add_argument("--list-keys", action="store_true", help="list every config key with its type and default")
     parser.add_argument("--model", help="SD 1.x, 2.x or SDXL: hub id, local diffusers folder, .safetensors/.ckpt "
                                         "file, or a built-in (`tiny`, `tiny-sdxl`, `world`)")
     parser.add_argument("--instance-dir", help="folder of subject images (+ optional same-name .txt captions)")
     parser.add_argument("--instance-prompt", help="prompt with the rare token, e.g. 'a photo of sks dog'")
-    parser.add_argument("--variant", help="lora, loraplus, dora, singlora, dual_lora or d2lora")
+    parser.add_argument("--variant", help=variant_help())
     parser.add_argument("--rank", type=int, help="adapter rank")
     parser.add_argument("--max-steps", type=int, help="optimizer steps (max_train_steps)")
     parser.add_argument("--output-dir", help="run folder")

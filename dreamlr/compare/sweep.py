@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamlr.adapters import VARIANTS
+from dreamlr.adapters import LAYER_CLASSES, VARIANTS
 from dreamlr.compare import records
 from dreamlr.compare.cells import IMAGES_DIR, SCORES_FILE, evaluate, gpu_step_memory, train_or_reuse
 from dreamlr.compare.matching import ParameterCounter, match_rank
@@ -267,7 +267,7 @@ def plan_ranks(spec: SweepSpec, log: Log) -> dict[str, tuple[int, int, int] | Ex
     for variant in spec.variants[1:]:
         try:
             adapter = resolve_config(spec, variant, subject, rank=2).unet_adapter_config()  # any valid rank
-            step = 2 if variant == "dual_lora" and adapter.magnitude_rank is None else 1
+            step = LAYER_CLASSES[variant].rank_step(adapter)
             def count_at(rank: int, variant: str = variant) -> int:
                 return counter.count(resolve_config(spec, variant, subject, rank))
 

@@ -9,14 +9,16 @@ import torch
 
 from dreamlr.adapters import AdapterConfig, adapter_layers, detach, load_adapter, read_adapter_header, save_adapter
 from dreamlr.adapters.attach import attach_to
-from dreamlr.adapters.base import is_adaptable
+from dreamlr.adapters.base import AdapterLayer, is_adaptable
 from dreamlr.adapters.io import FORMAT as DREAMLR_FORMAT
 from dreamlr.errors import UserError
-from dreamlr.export import diffusers_lora, kohya, layouts, naming, peft_lora
+from dreamlr.export import diffusers_lora, kohya, layouts, loha, naming, peft_lora
 from dreamlr.export.base_model import BaseModel, load_base
 from dreamlr.export.factors import DEFAULT_ENERGY, LoRAFactors, layer_factors
 from dreamlr.export.files import read_safetensors
+from dreamlr.export.kohya import Factors
 from dreamlr.export.ldm import ldm_names
+from dreamlr.export.loha import HadaFactors
 from dreamlr.export.report import ExportReport, LayerResult
 from dreamlr.fileio import atomic_dir, atomic_path, remove_stale_temps, resolve_parent, usual_file_modes
 
@@ -29,12 +31,13 @@ def export_adapter(adapter_path: str | os.PathLike, format: str, output: str | o
     """Write a dreamlr adapter in `format` to `output` and say how exact it is.
 
     `model` is the base the adapter was trained on (default: the adapter's `base_model`).
-    `lora`, `loraplus`, `singlora` and (outside kohya) `dora` export exactly; other variants,
-    and any variant when `rank` or `energy` is given, by truncated SVD of W' − W0: at `rank`, at
-    the smallest rank keeping `energy` of ‖W' − W0‖²_F, or by default at the smallest rank keeping
-    0.99 of it (at least the rank of a LoRA with the adapter's parameter count). `checkpoint` writes the
-    merged Stable Diffusion model as one original-layout file (`dreamlr.diffusion.single_file`). An
-    existing `output` is replaced only with `overwrite`.
+    Variants with exact LoRA factors (`lora`, `loraplus`, `singlora`; `dora` outside kohya) export
+    exactly, and `loha` to kohya as LyCORIS' LoHa; other variants and formats, and any variant when
+    `rank` or `energy` is given, by truncated SVD of W' − W0: at `rank`, at the smallest rank keeping
+    `energy` of ‖W' − W0‖²_F, or by default at the smallest rank keeping 0.99 of it (at least the rank
+    of a LoRA with the adapter's parameter count). `checkpoint` writes the merged Stable Diffusion model
+    as one original-layout file (`dreamlr.diffusion.single_file`). An existing `output` is replaced only
+    with `overwrite`.
     """
     _check_options(format, rank, energy)
     adapter_path = Path(adapter_path)
@@ -64,8 +67,7 @@ def export_adapter(adapter_path: str | os.PathLike, format: str, output: str | o
             base.save(tmp)
             usual_file_modes(tmp)  # diffusers and transformers save .safetensors files as 0600
         return report
-    factors = {name: layer_factors(layer, rank, energy, dora=format != "kohya")
-               for name, layer in adapter_layers(base.model)}
+    factors = {name: _layer_factors(layer, format, rank, energy) for name, layer in adapter_layers(base.model)}
     report.layers = [LayerResult(name, f.rank, f.error) for name, f in factors.items()]
     report.truncation = _truncation(rank, energy)
     _write_lora(format, _by_component(factors) if diffusion else {"": factors}, output, base)
@@ -76,10 +78,10 @@ def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: st
                    overwrite: bool = False) -> Path:
     """Turn a diffusers / PEFT / kohya LoRA (file or PEFT folder) into a dreamlr adapter file.
 
-    The format is told from the keys; layers with a DoRA magnitude become `dora`, the rest
-    `lora`, at each layer's own rank and alpha. `model` (default: the base model the file
-    records) gives the module names and shapes the file must fit. An existing `output` (or the head file
-    beside it) is replaced only with `overwrite`.
+    The format is told from the keys; layers with a DoRA magnitude become `dora`, LyCORIS LoHa layers
+    (kohya files) `loha`, the rest `lora`, at each layer's own rank and alpha. `model` (default: the
+    base model the file records) gives the module names and shapes the file must fit. An existing
+    `output` (or the head file beside it) is replaced only with `overwrite`.
     """
     path, output = Path(path), resolve_parent(output)
     _check_new_file(output, overwrite)
@@ -92,7 +94,7 @@ def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: st
     base = load_base(source, diffusion, {"task": task})
     ldm = ldm_names(base.model["unet"]) if diffusion else None  # kohya files may use original-SD UNet names
     index = naming.ModuleIndex((n for n, m in base.model.named_modules() if is_adaptable(m)), diffusion, ldm)
-    placed: dict[str, tuple[str, LoRAFactors]] = {}
+    placed: dict[str, tuple[str, Factors]] = {}
     for file_name, f in factors.items():
         name = index.find(file_name, kohya=fmt == "kohya")
         if name is None:
@@ -101,11 +103,16 @@ def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: st
         placed[name] = (file_name, f)
     groups: dict[tuple[str, int, float], list[str]] = {}
     for name, (_, f) in placed.items():
-        groups.setdefault(("dora" if f.magnitude is not None else "lora", f.rank, f.alpha), []).append(name)
+        variant = "loha" if isinstance(f, HadaFactors) else "dora" if f.magnitude is not None else "lora"
+        groups.setdefault((variant, f.rank, f.alpha), []).append(name)
     for (variant, rank, alpha), names in groups.items():
         attach_to(base.model, names, AdapterConfig(variant=variant, rank=rank, alpha=alpha, targets=names))
     layers = dict(adapter_layers(base.model))
     for name, (file_name, f) in placed.items():
+        if isinstance(f, HadaFactors):
+            for role, tensor in f.tensors.items():
+                _copy_tensor(f"'{path}': {file_name}.{role}", tensor, getattr(layers[name], role), source)
+            continue
         _copy_tensor(f"'{path}': the down factor of {file_name}", f.down, layers[name].lora_A, source)
         _copy_tensor(f"'{path}': the up factor of {file_name}", f.up, layers[name].lora_B, source)
         if f.magnitude is not None:
@@ -129,8 +136,9 @@ def import_adapter(path: str | os.PathLike, output: str | os.PathLike, model: st
     return save_adapter(base.model, output, metadata=metadata)
 
 
-def _write_lora(format: str, components: dict[str, dict[str, LoRAFactors]], output: Path, base: BaseModel) -> None:
-    """Write LoRA factors (by model part: "unet" / "text_encoder(_2)", or "" for one model) atomically."""
+def _write_lora(format: str, components: dict[str, dict[str, Factors]], output: Path, base: BaseModel) -> None:
+    """Write LoRA (kohya: and LoHa) factors (by model part: "unet" / "text_encoder(_2)", or "" for one model)
+    atomically."""
     if format == "peft":  # one adapter folder per model part, a classifier's head in full
         params = dict(base.model.named_parameters())
         with atomic_dir(output) as tmp:
@@ -145,6 +153,12 @@ def _write_lora(format: str, components: dict[str, dict[str, LoRAFactors]], outp
         else:
             sdxl_ldm = ldm_names(base.model["unet"]) if "text_encoder_2" in base.model else None
             kohya.write(components, tmp, {"base_model": base.source}, sdxl_ldm)
+
+
+def _layer_factors(layer: AdapterLayer, format: str, rank: int | None, energy: float | None) -> Factors:
+    """A layer as the format holds it: kohya holds a `loha` layer as it is, as LyCORIS' LoHa."""
+    hada = loha.from_layer(layer) if format == "kohya" and rank is None and energy is None else None
+    return hada or layer_factors(layer, rank, energy, dora=format != "kohya")
 
 
 def _check_options(format: str, rank: int | None, energy: float | None) -> None:
@@ -223,16 +237,16 @@ def _base_with_adapter(adapter_path: Path, header: dict, model: str | None, diff
     return base
 
 
-def _by_component(factors: dict[str, LoRAFactors]) -> dict[str, dict[str, LoRAFactors]]:
+def _by_component(factors: dict[str, Factors]) -> dict[str, dict[str, Factors]]:
     """{"unet": {path: …}, "text_encoder": {…}} from `unet.<path>` / `text_encoder.<path>` names."""
-    parts: dict[str, dict[str, LoRAFactors]] = {}
+    parts: dict[str, dict[str, Factors]] = {}
     for name, f in factors.items():
         component, path = naming.split(name)
         parts.setdefault(component, {})[path] = f
     return parts
 
 
-def _read_lora(path: Path) -> tuple[str, dict[str, LoRAFactors], dict[str, torch.Tensor], str | None, str | None]:
+def _read_lora(path: Path) -> tuple[str, dict[str, Factors], dict[str, torch.Tensor], str | None, str | None]:
     """(format, factors by the file's module names, full parameters (PEFT modules_to_save), recorded base
     model, task) of a LoRA file or folder."""
     if path.is_dir():

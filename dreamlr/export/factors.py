@@ -10,8 +10,6 @@ import torch
 from dreamlr.adapters import AdapterLayer
 from dreamlr.export.svd import relative_error, truncated_svd
 
-# variants whose update is a LoRA product as it stands (DoRA too, where the format has DoRA)
-EXACT_VARIANTS = ("lora", "loraplus", "singlora")
 # an SVD export's default budget: per layer, keep this share of ‖W' − W0‖²_F (relative error ≤ √(1 − 0.99))
 DEFAULT_ENERGY = 0.99
 SVD_ALPHA = 1.0  # the alpha of SVD-exported layers
@@ -63,33 +61,22 @@ class LoRAFactors:
                    magnitude=None if magnitude is None else magnitude.reshape(-1).float())
 
 
-def is_exact(variant: str, dora: bool) -> bool:
-    """Whether `variant` exports without loss to a format that has DoRA (`dora`) or not."""
-    return variant in EXACT_VARIANTS or (variant == "dora" and dora)
-
-
 @torch.no_grad()
 def layer_factors(layer: AdapterLayer, rank: int | None = None, energy: float | None = None,
                   dora: bool = True) -> LoRAFactors:
     """`layer` as LoRA factors.
 
-    Exact when neither `rank` nor `energy` is given and `is_exact(variant, dora)`; otherwise the
-    truncated SVD of W' − W0 (alpha `SVD_ALPHA`, the factors scaled to match) at `rank`, at the
-    smallest rank keeping `energy` of ‖W' − W0‖²_F, or by default at the smallest rank keeping
-    `DEFAULT_ENERGY` of it but at least `matched_rank(layer)`. `error` is the exact
-    ‖ΔW − ΔW_r‖_F / ‖ΔW‖_F.
+    Exact when neither `rank` nor `energy` is given and the variant has `lora_factors` (with a DoRA
+    magnitude only where the format has DoRA: `dora`); otherwise the truncated SVD of W' − W0 (alpha
+    `SVD_ALPHA`, the factors scaled to match) at `rank`, at the smallest rank keeping `energy` of
+    ‖W' − W0‖²_F, or by default at the smallest rank keeping `DEFAULT_ENERGY` of it but at least
+    `matched_rank(layer)`. `error` is the exact ‖ΔW − ΔW_r‖_F / ‖ΔW‖_F.
     """
     kernel = tuple(layer.base_layer.weight.shape[1:]) if layer.is_conv else ()
-    config = layer.config
-    if rank is None and energy is None and is_exact(config.variant, dora):
-        if config.variant == "singlora":  # s·u·A[:out]·A[:in]ᵀ: up = u·A[:out], down = A[:in]ᵀ, same α and r
-            down = layer.lora_A[: layer.in_features].t()
-            up = layer.lora_A[: layer.out_features] * layer.ramp_factor()
-        else:
-            down, up = layer.lora_A, layer.lora_B
-        magnitude = layer.magnitude if config.variant == "dora" else None
-        return LoRAFactors(down=_cpu(down), up=_cpu(up), alpha=float(config.alpha), kernel=kernel,
-                           magnitude=None if magnitude is None else _cpu(magnitude),
+    exact = layer.lora_factors() if rank is None and energy is None else None
+    if exact is not None and (exact.magnitude is None or dora):
+        return LoRAFactors(down=_cpu(exact.down), up=_cpu(exact.up), alpha=exact.alpha, kernel=kernel,
+                           magnitude=None if exact.magnitude is None else _cpu(exact.magnitude),
                            fan_in_fan_out=layer.transposed)
     floor = 1
     if rank is None and energy is None:
@@ -105,9 +92,8 @@ def layer_factors(layer: AdapterLayer, rank: int | None = None, energy: float | 
 
 
 def matched_rank(layer: AdapterLayer) -> int:
-    """The rank of a LoRA with as many parameters as the layer's adapter (d2lora: 2r, dual_lora: r1 + r2)."""
-    fan = layer.in_features + layer.out_features
-    return max(1, type(layer).param_count(layer.config, layer.out_features, layer.in_features) // fan)
+    """The rank of a LoRA with as many parameters as the layer's adapter (its variant's `matched_rank`)."""
+    return type(layer).matched_rank(layer.config, layer.out_features, layer.in_features)
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:

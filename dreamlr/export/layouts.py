@@ -9,6 +9,7 @@ The layouts diffusers, sd-scripts, ComfyUI and A1111 load, for one module `<m>`:
 | the same (text encoder) | `<m>.lora_linear_layer.down.weight` / `.up.weight` |
 | diffusers attention processors (`save_attn_procs`) | `<attn>.processor.to_q_lora.down.weight` / `.up.weight` |
 | kohya, LyCORIS LoCon | `<m>.lora_down.weight` / `<m>.lora_up.weight` (+ `.lora_mid.weight`, Tucker) |
+| LyCORIS LoHa (kohya files only) | `<m>.hada_w1_a` … `.hada_w2_b` (+ `.hada_t1`, `.hada_t2`: Tucker) |
 
 Any of them may carry `<m>.alpha` (scale alpha/rank); attention-processor files may lack the `unet.`
 prefix. Dotted names are returned as `unet.<path>` / `text_encoder.<path>` (attention-processor
@@ -25,6 +26,8 @@ import torch
 
 from dreamlr.errors import UserError
 from dreamlr.export.factors import LoRAFactors
+from dreamlr.export.loha import TENSORS as LOHA_TENSORS
+from dreamlr.export.loha import TUCKER as LOHA_TUCKER
 from dreamlr.export.naming import COMPONENTS, TEXT_ENCODERS
 
 # tensor-name endings and the role of the tensor; longest first so `.lora.down.weight` wins over `.down.weight`
@@ -37,7 +40,9 @@ _ROLES = (
     (".lora_A.weight", "down"), (".lora_B.weight", "up"),
     (".alpha", "alpha"),
 )
-# LyCORIS / other network types dreamlr cannot hold as LoRA layers, by a tensor name each has
+# LyCORIS LoHa tensors, their names as roles (`group(..., loha=True)`)
+_LOHA_ROLES = tuple((f".{name}", name) for name in (*LOHA_TENSORS, *LOHA_TUCKER))
+# LyCORIS / other network types dreamlr cannot import, by a tensor name each has (LoHa: outside kohya files)
 _REFUSED = {"hada_w1_a": "a LyCORIS LoHa", "hada_w1_b": "a LyCORIS LoHa", "hada_w2_a": "a LyCORIS LoHa",
             "hada_w2_b": "a LyCORIS LoHa", "hada_t1": "a LyCORIS LoHa", "hada_t2": "a LyCORIS LoHa",
             "lokr_w1": "a LyCORIS LoKr", "lokr_w2": "a LyCORIS LoKr", "lokr_w1_a": "a LyCORIS LoKr",
@@ -57,18 +62,19 @@ def has_lora_keys(keys: list[str]) -> bool:
                or any(key.endswith("." + suffix) for suffix in _REFUSED) for key in keys)
 
 
-def group(tensors: dict[str, torch.Tensor], source: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """{module name: {"down", "up", and where present "mid", "alpha", "magnitude": tensor}}; a tensor of a
-    network type dreamlr cannot import, or of no known layout, is one clear error naming it."""
+def group(tensors: dict[str, torch.Tensor], source: Path, loha: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """{module name: {"down", "up", and where present "mid", "alpha", "magnitude": tensor}}; with `loha` (kohya
+    files) LyCORIS LoHa tensors too, by their own names (`hada_w1_a`, …). A tensor of a network type dreamlr
+    cannot import, or of no known layout, is one clear error naming it."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        split = _split(key)
+        split = _split(key, _ROLES + _LOHA_ROLES if loha else _ROLES)
         if split is None:
             for suffix, what in _REFUSED.items():
                 if key.endswith("." + suffix):
                     raise UserError(f"'{source}': {key.removesuffix('.' + suffix)} is {what} layer, which dreamlr "
                                     "cannot import; it imports LoRA and LoCon layers (lora_down/lora_up[/lora_mid], "
-                                    "lora_A/lora_B, lora.down/lora.up)")
+                                    "lora_A/lora_B, lora.down/lora.up) and, from kohya files, LyCORIS LoHa layers")
             raise UserError(f"'{source}': key {key!r} is not a LoRA tensor this importer knows (it reads "
                             "<module>.lora_A/lora_B.weight, .lora_down/lora_up/lora_mid.weight, .lora.down/up.weight, "
                             ".lora_linear_layer.down/up.weight, _lora.down/up.weight, .alpha)")
@@ -101,9 +107,9 @@ def factors(modules: dict[str, dict[str, torch.Tensor]], source: Path,
     return result
 
 
-def _split(key: str) -> tuple[str, str] | None:
-    """(module as the key spells it, role) or None when the key ends like no known LoRA tensor."""
-    for suffix, role in _ROLES:
+def _split(key: str, roles: tuple[tuple[str, str], ...] = _ROLES) -> tuple[str, str] | None:
+    """(module as the key spells it, role) or None when the key ends like none of `roles`."""
+    for suffix, role in roles:
         if key.endswith(suffix) and len(key) > len(suffix):
             return key[: -len(suffix)], role
     return None
