@@ -183,9 +183,12 @@ def saved_activation_bytes(unet, inputs: dict, dtype: torch.dtype, checkpointing
 
     if checkpointing:
         unet.enable_gradient_checkpointing(checkpoint)
-    # the meta device knows no autocast (dual_lora asks): none runs here, the emulated casts stand in for it
+    # the meta device knows no autocast (the adapters ask): none runs here, the emulated casts stand in for it,
+    # so the adapters are told what a CUDA step would tell them
+    emulated = dtype != torch.float32
     with (mock.patch.object(dual_lora, "_no_autocast", lambda tensor: contextlib.nullcontext()),
-          mock.patch.object(torch, "is_autocast_enabled", lambda *args: False), hooks(kept), CudaStep(dtype)):
+          mock.patch.object(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext()),
+          mock.patch.object(torch, "is_autocast_enabled", lambda *args: emulated), hooks(kept), CudaStep(dtype)):
         pred = unet(**inputs).sample
         F.mse_loss(pred.float(), torch.zeros_like(pred, dtype=torch.float32))
     if checkpointing:

@@ -54,10 +54,10 @@ def test_meta_count_matches_a_real_cpu_forward(method, dtype, one_thread):
 
 def test_main_prints_both_tables(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench.diffusers_logging, "set_verbosity_error", lambda: None)  # leave other tests' logging be
-    bench.main(["--models", "tiny", "--variants", "lora,peft", "--dtype", "bf16", "--optimizers", "adamw,adafactor",
+    bench.main(["--models", "tiny", "--variants", "lora,loha,peft", "--dtype", "bf16", "--optimizers", "adamw,adafactor",
                 "--analytic", "--json", str(tmp_path / "rows.json")])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| tiny")]
-    assert len(rows) == 4 + 2  # (lora, peft) x checkpointing off/on, then one optimizer row per method
-    assert "| adamw | adafactor |" in out and "4 rows in" in out
-    assert len(json.loads((tmp_path / "rows.json").read_text())) == 4
+    assert len(rows) == 6 + 3  # (lora, loha, peft) x checkpointing off/on, then one optimizer row per method
+    assert "| adamw | adafactor |" in out and "6 rows in" in out
+    assert len(json.loads((tmp_path / "rows.json").read_text())) == 6

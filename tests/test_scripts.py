@@ -38,6 +38,12 @@ def test_bench_adapters_reports_ratios_and_memory(tmp_path):
     assert len(json.loads((tmp_path / "adapters.json").read_text())) == 5
 
 
+def test_bench_loop_reports_the_loops_cost_over_a_bare_loop():
+    rows = table_rows(run_script("bench_loop.py", "--steps", "2", "--rounds", "1"))
+    assert [row[0].split(",")[0] for row in rows] == ["tiny SD UNet", "MLP 64-64-1"]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+
+
 def test_bench_scoring_reports_throughput():
     out = run_script("bench_scoring.py", "--images", "2", "--batch-size", "2", "--steps", "2", "--gen-images", "1",
                      "--repeats", "1")
