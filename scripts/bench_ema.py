@@ -22,11 +22,9 @@ import yaml
 from dreamlr.adapters import VARIANTS
 from dreamlr.cli import main as dreamlr
 from dreamlr.diffusion import load_pipeline
-from dreamlr.evaluation.encoders import load_clip, load_dino
 from dreamlr.fileio import write_text
-from dreamlr.images import image_files, read_image
 from dreamlr.training import ADAPTER_FILE, EMA_FILE
-from dreamlr.world.personalization import generate, reference_embeddings, similarity
+from dreamlr.world.personalization import generate, similarity, subject_scorers
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = (("dino", "world-DINO"), ("clip_i", "world-CLIP-I"))
@@ -49,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     config = yaml.safe_load(Path(args.config).read_text())
     model, prompt = config["pretrained_model_name_or_path"], config["instance_prompt"]
-    references = [read_image(p, "subject") for p in image_files(config["instance_data_dir"], "subject")]
-    encoders = {"dino": load_dino("world"), "clip_i": load_clip("world")}
-    refs = {name: reference_embeddings(enc, references) for name, enc in encoders.items()}
+    encoders, refs = subject_scorers(config["instance_data_dir"])
     seeds = [int(s) for s in args.seeds.split(",")]
     lines = [f"EMA (decay {args.ema_decay}) vs the last step's adapter, {config['max_train_steps']} steps, "
              f"seeds {args.seeds}, {args.num_images} images of `{prompt}` per run; mean ± std over seeds.\n",

@@ -26,12 +26,10 @@ from PIL import Image
 
 from dreamlr.cli import main as dreamlr
 from dreamlr.diffusion import load_pipeline
-from dreamlr.evaluation.encoders import load_clip, load_dino
 from dreamlr.fileio import write_text
-from dreamlr.images import image_files, read_image
 from dreamlr.world.assets import world_dir
 from dreamlr.world.classifier import classify, load_classifier
-from dreamlr.world.personalization import generate, reference_embeddings, similarity
+from dreamlr.world.personalization import generate, similarity, subject_scorers
 from dreamlr.world.vocab import CONTEXTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     config = yaml.safe_load(Path(args.config).read_text())
     model, prompt = config["pretrained_model_name_or_path"], config["instance_prompt"]
-    # the subject folder as `dreamlr train` reads it (relative to the working directory)
-    references = [read_image(p, "subject") for p in image_files(config["instance_data_dir"], "subject")]
-    clip, dino = load_clip("world"), load_dino("world")
-    refs = {name: reference_embeddings(enc, references) for name, enc in (("dino", dino), ("clip_i", clip))}
+    encoders, refs = subject_scorers(config["instance_data_dir"])
     classifier = load_classifier(world_dir() / "classifier")
     contexts = [c for c in CONTEXTS if c != "studio"]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -80,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         before = generate(base, prompt, seed, args.num_images, args.sampling_steps, args.guidance)
         after = generate(tuned, prompt, seed, args.num_images, args.sampling_steps, args.guidance)
         rows["seed"].append(seed)
-        for name, enc in (("dino", dino), ("clip_i", clip)):
+        for name, enc in encoders.items():
             rows[f"base_{name}"].append(similarity(enc, before, refs[name]))
             rows[name].append(similarity(enc, after, refs[name]))
         hits = []

@@ -199,17 +199,23 @@ def interop(tmp_path_factory) -> dict:
                 save_file(load_file(output), stripped)
                 cases.append((f"{case}-noheader", fmt, str(stripped), reference))
                 layers[f"{case}-noheader"] = len(report.layers)
+    results, stderr = run_check(CHECK, side, work, inputs, cases)
+    return {"results": results, "layers": layers, "stderr": stderr}
+
+
+def run_check(check: str, side: Path, work: Path, inputs: dict[str, torch.Tensor], cases: list) -> tuple[dict, str]:
+    """Run the `check` script with the old releases in `side` ahead of this environment, on `work`/base, `inputs`
+    and `cases`; (its JSON results, its stderr)."""
     save_file({k: v.contiguous() for k, v in inputs.items()}, work / "inputs.safetensors")
     (work / "job.json").write_text(json.dumps({"base": str(work / "base"), "inputs": str(work / "inputs.safetensors"),
                                                "cases": cases}), encoding="utf-8")
-    (work / "check.py").write_text(CHECK, encoding="utf-8")
+    (work / "check.py").write_text(check, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(side), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, str(work / "check.py"), str(work / "job.json"), str(work / "out.json")],
                           capture_output=True, text=True, env=env, cwd=work, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((work / "out.json").read_text(encoding="utf-8"))
-    return {"results": results, "layers": layers, "stderr": done.stderr}
+    return json.loads((work / "out.json").read_text(encoding="utf-8")), done.stderr
 
 
 def test_the_oldest_supported_releases_are_the_ones_loaded(interop):

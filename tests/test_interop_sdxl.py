@@ -4,11 +4,6 @@ them. Same machinery as test_interop.py (the old releases in a side folder, a su
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -17,7 +12,7 @@ from dreamlr.adapters import AdapterConfig, attach, merge, save_adapter, trainab
 from dreamlr.diffusion import load_pipeline
 from dreamlr.diffusion.models import TINY_SDXL, adapter_modules
 from dreamlr.export import export_adapter
-from tests.test_interop import TOLERANCE, oldest_versions, side_packages
+from tests.test_interop import TOLERANCE, oldest_versions, run_check, side_packages
 
 CHECK = r'''
 import json, sys
@@ -104,16 +99,8 @@ def sdxl_interop(tmp_path_factory) -> dict:
     for fmt in ("diffusers", "kohya"):
         export_adapter(adapter, fmt, work / f"{fmt}.safetensors")
         cases.append((fmt, str(work / f"{fmt}.safetensors")))
-    save_file({k: v.contiguous() for k, v in inputs.items()}, work / "inputs.safetensors")
-    (work / "job.json").write_text(json.dumps({"base": str(work / "base"), "inputs": str(work / "inputs.safetensors"),
-                                               "cases": cases}), encoding="utf-8")
-    (work / "check.py").write_text(CHECK, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(side), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, str(work / "check.py"), str(work / "job.json"), str(work / "out.json")],
-                          capture_output=True, text=True, env=env, cwd=work, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {"results": json.loads((work / "out.json").read_text(encoding="utf-8")), "layers": layers}
+    results, _ = run_check(CHECK, side, work, inputs, cases)
+    return {"results": results, "layers": layers}
 
 
 @pytest.mark.parametrize("fmt", ["diffusers", "kohya"])

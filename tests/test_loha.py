@@ -27,12 +27,11 @@ from dreamlr.adapters import (
 )
 from dreamlr.cli import main
 from dreamlr.diffusion import load_pipeline
+from dreamlr.diffusion.models import adapter_modules
 from dreamlr.export import export_adapter, import_adapter
+from tests.test_adapter_numerics import GEOMETRIES
+from tests.test_export import outputs
 
-GEOMETRIES = {
-    "linear": lambda: nn.Linear(12, 20),
-    "conv": lambda: nn.Conv2d(6, 10, 3, stride=2, padding=1),
-}
 TENSORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
@@ -173,19 +172,6 @@ def test_matches_peft_loha_given_the_same_tensors():
 
 
 # -- kohya files (LyCORIS' LoHa keys) --------------------------------------------------------------
-def sd_parts(pipe) -> nn.ModuleDict:
-    return nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
-
-
-def outputs(pipe) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 100, (2, 8), generator=generator)
-    latents = torch.randn(2, 4, 8, 8, generator=generator)
-    with torch.no_grad():
-        hidden = pipe.text_encoder(ids)[0]
-        return hidden, pipe.unet(latents, 10, hidden).sample
-
-
 @pytest.fixture(scope="module")
 def loha_adapter(tmp_path_factory):
     """A train-like rank-4, α = 8 loha adapter on tiny (UNet attention, 1×1 proj convs and 3×3 resnet convs; CLIP
@@ -195,7 +181,7 @@ def loha_adapter(tmp_path_factory):
     attach(pipe.unet, AdapterConfig(variant="loha", rank=4, alpha=8,
                                     targets=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1"]))
     attach(pipe.text_encoder, AdapterConfig(variant="loha", rank=4, alpha=8, targets="clip-attn"))
-    model = sd_parts(pipe)
+    model = adapter_modules(pipe)
     train_like(model)
     save_adapter(model, path, metadata={"base_model": "tiny"})
     with torch.no_grad():
@@ -236,7 +222,7 @@ def test_kohya_export_writes_lycoris_loha_keys_that_comfyuis_formula_reproduces(
     assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.hada_w1_a" in tensors
     pipe = load_pipeline("tiny")
     assert comfy_apply(pipe, tensors) == set(weights)
-    parts = dict(sd_parts(pipe).named_modules())
+    parts = dict(adapter_modules(pipe).named_modules())
     for name, weight in weights.items():
         torch.testing.assert_close(parts[name].weight.detach().reshape(weight.shape), weight, rtol=0, atol=1e-6)
     assert max((a - b).abs().max().item() for a, b in zip(outputs(pipe), reference)) <= 1e-4
@@ -290,7 +276,7 @@ def test_merged_export(loha_adapter, tmp_path):
     path, _, reference = loha_adapter
     export_adapter(path, "merged", tmp_path / "merged")
     merged = load_pipeline(str(tmp_path / "merged"))
-    assert not list(adapter_layers(sd_parts(merged)))
+    assert not list(adapter_layers(adapter_modules(merged)))
     assert max((a - b).abs().max().item() for a, b in zip(outputs(merged), reference)) <= 1e-5
 
 

@@ -344,6 +344,12 @@ def _tiny_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
                          pad_token=pad_token)
 
 
+def _tiny_unet(**layout) -> UNet2DConditionModel:
+    """The tiny models' UNet: two blocks of 32 and 64 channels at 1/8 of the native size, and `layout`."""
+    return UNet2DConditionModel(sample_size=tiny_resolution() // 8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), **layout)
+
+
 def _tiny_vae(scaling_factor: float) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
@@ -379,12 +385,7 @@ def _tiny_pipeline() -> StableDiffusionPipeline:
     tokenizer = _tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_TINY_SEED)
-        unet = UNet2DConditionModel(
-            sample_size=tiny_resolution() // 8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
+        unet = _tiny_unet(
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32,
@@ -412,12 +413,7 @@ def _tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
     time_dim, pooled_dim = 8, 32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_TINY_SEED)
-        unet = UNet2DConditionModel(
-            sample_size=tiny_resolution() // 8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
+        unet = _tiny_unet(
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             transformer_layers_per_block=(1, 2),

@@ -128,6 +128,7 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
         start_run_folder(run_dir, overwrite)
         write_yaml(run_dir / "config.yaml", config.to_dict())
     tracking.start(accelerator, config.report_to, config.to_dict())
+    metadata = run_metadata(config)
     samples = config.sample_prompt_list()
     embed = PromptEncoder(parts, text_encoders, trainable=config.train_text_encoder)
     unet.train()
@@ -136,7 +137,7 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     loop = TrainingLoop(accelerator, adapted, list(wrapped.values()), optimizer, lr_scheduler, checkpoints,
                         MetricsLog(run_dir / "metrics.jsonl", start_step) if main else None, seed=config.seed,
                         accumulation=config.gradient_accumulation_steps, max_grad_norm=config.max_grad_norm,
-                        checkpointing_steps=config.checkpointing_steps, metadata=run_metadata(config),
+                        checkpointing_steps=config.checkpointing_steps, metadata=metadata,
                         mixed_precision=config.mixed_precision, ema=ema)
 
     def micro_loss(step: int, index: int, generator: torch.Generator) -> torch.Tensor:
@@ -152,7 +153,6 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     loop.run(start_step, config.max_train_steps, micro_loss, after_step=validate)
     accelerator.end_training()
     if main:
-        metadata = run_metadata(config)
         check_weights_finite(adapted, optimizer, config.max_train_steps, checkpoints, config.mixed_precision)
         save_adapter(adapted, run_dir / ADAPTER_FILE, metadata={**metadata, "step": config.max_train_steps})
         if ema is not None:

@@ -21,6 +21,17 @@ def generate(pipe, prompt: str, seed: int, count: int, steps: int = 25, guidance
             for k in range(count)]
 
 
+def subject_scorers(instance_data_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """world-DINO and world-CLIP-I as {"dino": …, "clip_i": …}, and each one's reference embeddings of the subject
+    images in `instance_data_dir` (read as `dreamlr train` reads the folder, relative to the working directory)."""
+    from dreamlr.evaluation.encoders import load_clip, load_dino
+    from dreamlr.images import image_files, read_image
+
+    references = [read_image(path, "subject") for path in image_files(instance_data_dir, "subject")]
+    encoders = {"dino": load_dino("world"), "clip_i": load_clip("world")}
+    return encoders, {name: reference_embeddings(encoder, references) for name, encoder in encoders.items()}
+
+
 def reference_embeddings(encoder, references: list[Image.Image]) -> torch.Tensor:
     """Unit embeddings (n, d) of the subject's reference images."""
     return torch.nn.functional.normalize(encoder.embed_images(references), dim=1)
