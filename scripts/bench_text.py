@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
 from dreamlr.adapters import AdapterConfig
 from dreamlr.fileio import write_text
@@ -35,7 +33,7 @@ from dreamlr.text.config import TextTrainConfig
 from dreamlr.text.evaluate import make_task
 from dreamlr.text.train import attach_adapter, fit, total_steps, trainable_groups
 from dreamlr.training import CheckpointManager, build_lr_scheduler
-from dreamlr.training.loop import TrainingLoop
+from dreamlr.training.loop import TrainingLoop, start_accelerator
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 TARGETS = ["query", "key", "value", "attention.output.dense"]  # every attention projection (384×384)
@@ -127,8 +125,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
     step_ends = [time.perf_counter()]
     started = step_ends[0]
     with tempfile.TemporaryDirectory() as scratch:
-        AcceleratorState._reset_state(reset_partial_state=False)
-        loop = TrainingLoop(Accelerator(), model, [model], optimizer, scheduler, CheckpointManager(Path(scratch)),
+        loop = TrainingLoop(start_accelerator("no"), model, [model], optimizer, scheduler, CheckpointManager(Path(scratch)),
                             None, seed=seed, accumulation=1, max_grad_norm=1.0, checkpointing_steps=steps + 1,
                             metadata={})
         fit(loop, model, task, config, 0, steps, after_step=lambda done: step_ends.append(time.perf_counter()))

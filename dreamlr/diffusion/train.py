@@ -8,8 +8,6 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from PIL import Image
 from torch import nn
 
@@ -40,7 +38,7 @@ from dreamlr.training import (
     start_run_folder,
 )
 from dreamlr.training.config import ALIASES
-from dreamlr.training.loop import TrainingLoop, check_launch
+from dreamlr.training.loop import TrainingLoop, start_accelerator
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # keys a resumed run may change: how long it runs, how often it checkpoints and samples
@@ -69,11 +67,8 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
     resume_from = checkpoints.resolve(config.resume_from_checkpoint)
     if resume_from is not None:
         CheckpointManager.checkpoint_step(resume_from, config.max_train_steps)
-    # one process may train several runs (dreamlr compare): let each choose its own precision
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                              **tracking.accelerator_options(config.report_to, run_dir))
-    check_launch(accelerator)
+    accelerator = start_accelerator(config.mixed_precision,
+                                    **tracking.accelerator_options(config.report_to, run_dir))
     device, weight_dtype = accelerator.device, DTYPES[config.mixed_precision]
     parts = load_components(config.pretrained_model_name_or_path, vae=config.vae)
     config.check_model_kind(parts.is_sdxl)

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from torch import nn
 
 from dreamlr import __version__
@@ -41,7 +39,7 @@ from dreamlr.training import (
     start_run_folder,
 )
 from dreamlr.training.config import ALIASES
-from dreamlr.training.loop import TrainingLoop, check_launch
+from dreamlr.training.loop import TrainingLoop, start_accelerator
 
 # keys a resumed run may change: how long it runs, how often it checkpoints, what it is evaluated on
 RESUME_MAY_CHANGE = ("max_train_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit", "eval_file",
@@ -60,9 +58,7 @@ def train(config: TextTrainConfig, overwrite: bool = False) -> Path:
     config.check_device()
     task = make_task(config)  # reads and checks the data before any model loads
     run_dir = Path(config.output_dir).expanduser().resolve()
-    AcceleratorState._reset_state(reset_partial_state=False)  # one process may train several runs
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    check_launch(accelerator)
+    accelerator = start_accelerator(config.mixed_precision)
     total = total_steps(config, task.num_train, accelerator.num_processes)
     if isinstance(task, ClassificationTask):  # config.yaml records the label order the head was trained with
         config = dataclasses.replace(config, labels=task.labels)

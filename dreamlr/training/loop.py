@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import nn
 
 from dreamlr.adapters import set_step
@@ -26,6 +27,15 @@ from dreamlr.errors import UserError
 from dreamlr.training.checkpoints import CheckpointManager, check_finite
 from dreamlr.training.metrics import MetricsLog, peak_memory_mb, progress
 from dreamlr.training.schedule import step_generator
+
+def start_accelerator(mixed_precision: str, **options) -> Accelerator:
+    """A fresh Accelerator for one run (one process may train several: `dreamlr compare`), checked by
+    `check_launch`."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=mixed_precision, **options)
+    check_launch(accelerator)
+    return accelerator
+
 
 def check_launch(accelerator: Accelerator) -> None:
     """A UserError when the launcher started several processes (WORLD_SIZE) that accelerate does not join
