@@ -38,7 +38,7 @@ from dreamlr.training import (
     start_run_folder,
 )
 from dreamlr.training.config import ALIASES
-from dreamlr.training.loop import TrainingLoop, start_accelerator
+from dreamlr.training.loop import TrainingLoop, end_run, start_accelerator
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # keys a resumed run may change: how long it runs, how often it checkpoints and samples
@@ -146,7 +146,7 @@ def train(config: DreamBoothConfig, overwrite: bool = False) -> Path:
             unet.train()
 
     loop.run(start_step, config.max_train_steps, micro_loss, after_step=validate)
-    accelerator.end_training()
+    end_run(accelerator)
     if main:
         check_weights_finite(adapted, optimizer, config.max_train_steps, checkpoints, config.mixed_precision)
         save_adapter(adapted, run_dir / ADAPTER_FILE, metadata={**metadata, "step": config.max_train_steps})

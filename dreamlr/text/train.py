@@ -39,7 +39,7 @@ from dreamlr.training import (
     start_run_folder,
 )
 from dreamlr.training.config import ALIASES
-from dreamlr.training.loop import TrainingLoop, start_accelerator
+from dreamlr.training.loop import TrainingLoop, end_run, start_accelerator
 
 # keys a resumed run may change: how long it runs, how often it checkpoints, what it is evaluated on
 RESUME_MAY_CHANGE = ("max_train_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit", "eval_file",
@@ -101,6 +101,7 @@ def train(config: TextTrainConfig, overwrite: bool = False) -> Path:
                         save_extra=(lambda folder: save_head(model, head, folder / HEAD_FILE)) if head else None,
                         step_metrics=lambda done: {"epoch": math.ceil(done / per_epoch)})
     fit(loop, wrapped, task, config, start, total)
+    end_run(accelerator)
     if not main:
         return run_dir
     check_weights_finite(model, optimizer, total, checkpoints, config.mixed_precision)

@@ -48,6 +48,16 @@ def check_launch(accelerator: Accelerator) -> None:
                         "--nproc-per-node N -m dreamlr.cli …`, on GPUs check that they are visible")
 
 
+def end_run(accelerator: Accelerator) -> None:
+    """Finish the trackers and, with several processes, leave the process group together: a process that
+    exits with it still open can abort in gloo's threads ("terminate called without an active exception")
+    while the main one is still writing."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # accelerate before 1.1 leaves it open
+
+
 # the loss of one micro-batch: (step, global micro-batch index, its generator) -> scalar loss
 MicroLoss = Callable[[int, int, torch.Generator], torch.Tensor]
 
