@@ -326,9 +326,11 @@ def test_the_real_dreambench_folder_is_read_in_its_file_order():
 def test_compare_on_a_dreambench_subject_trains_on_its_class_prompt(tmp_path):
     args = ["compare", "--config", str(REPO / "configs" / "tiny-demo.yaml"), "--variants", "lora",
             "--dreambench", str(DREAMBENCH), "--dreambench-subjects", "dog", "--output-dir", str(tmp_path / "out"),
-            "--max-prompts", "1", "--num-images", "1", "--steps", "2", "--clip", "tiny", "--dino", "tiny", *FAST]
+            "--max-prompts", "1", "--num-images", "1", "--steps", "2", "--clip", "tiny", "--dino", "tiny", *FAST,
+            "--set", "with_prior_preservation=true", "--set", "num_class_images=1"]  # the config has no class_prompt
     assert main(args) == 0
     config = (tmp_path / "out" / "runs" / "lora" / "dog" / "config.yaml").read_text()
+    assert "class_prompt: a photo of dog" in config
     # dreamlr records the resolved folder: compare resolved, so the test passes when ../shared is a symlink
     assert "instance_prompt: a photo of sks dog" in config and str((DREAMBENCH / "dog").resolve()) in config
     record = json.loads((tmp_path / "out" / "results" / "real_images.json").read_text())

@@ -215,9 +215,10 @@ def resolve_config(spec: SweepSpec, variant: str | None, subject: Subject, rank:
         overrides["adapter.variant"] = variant
     if rank is not None:
         overrides["adapter.rank"] = rank
-    config = DreamBoothConfig.from_sources(spec.config_file, overrides)
+    config = DreamBoothConfig.from_sources(spec.config_file, overrides, validate=False)
     if config.with_prior_preservation and "class_prompt" not in chosen:
         config = dataclasses.replace(config, class_prompt=f"a photo of {subject.class_name}")
+    config.validate()
     return config
 
 

@@ -74,12 +74,15 @@ class DreamBoothConfig(TrainingKeys):
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
-    def from_sources(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> DreamBoothConfig:
-        """Defaults < YAML file < overrides (dotted keys reach into `adapter`); then validated."""
+    def from_sources(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None,
+                     validate: bool = True) -> DreamBoothConfig:
+        """Defaults < YAML file < overrides (dotted keys reach into `adapter`); then validated (unless the caller
+        completes the config first and validates it itself)."""
         data = build_config(cls, config_file, overrides, "dreamlr train",
                             nested=("adapter", "text_encoder_adapter", "text_encoder_2_adapter"))
         config = cls(**data)
-        config.validate()
+        if validate:
+            config.validate()
         return config
 
     def validate(self) -> None:
