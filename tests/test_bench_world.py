@@ -13,7 +13,7 @@ def run(out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DREAMLR_CACHE": str(out / "cache")}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_world.py"), "--out", str(out / "bench"),
                            "--model", "tiny", "--toy", "--variants", "lora,d2lora", "--settings", "attn-qk",
-                           "--pairs", "lora16-d2lora8", "--seeds", "0"],
+                           "--pairs", "lora16-d2lora8", "--seeds", "0", "--learning-rate", "0.02"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -32,4 +32,8 @@ def test_bench_world_runs_its_sweeps_and_prints_paired_differences(tmp_path):
     for sweep in ("rank8", "lora16-d2lora8"):
         assert (bench / "attn-qk" / sweep / "report.html").is_file()
     assert (bench / "attn-qk" / "rank8" / "runs" / "lora" / "seed-0" / "demo_subject" / "adapter.safetensors").is_file()
+    config = (bench / "attn-qk" / "rank8" / "runs" / "lora" / "seed-0" / "demo_subject" / "config.yaml").read_text()
+    # the protocol's prior preservation, with the subject's class prompt, at the learning rate asked for
+    assert "with_prior_preservation: true" in config and "class_prompt: a photo of mug" in config
+    assert "learning_rate: 0.02" in config
     # running again reuses every run: each sweep is a `dreamlr compare` folder (tests/test_compare.py checks reuse)
