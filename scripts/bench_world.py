@@ -132,15 +132,25 @@ def run_sweep(args: argparse.Namespace, config: Path, folder: Path, setting: str
 
 
 def table(folders: list[tuple[str, str, Path]]) -> str:
-    """One markdown table over the sweeps: per variant row, its paired differences against its sweep's LoRA,
-    trainable parameters, median s/step and adapter memory."""
-    header = ["setting", "sweep", "variant", "rank", "trainable params",
+    """One markdown table over the sweeps: per variant row, its mean scores, its paired differences against its
+    sweep's LoRA, trainable parameters, median s/step and adapter memory; the first sweep of each setting
+    also shows its base model (no adapter)."""
+    header = ["setting", "sweep", "variant", "rank", "trainable params", "CLIP-I / CLIP-T / DINO (mean)",
               *(f"Δ {name} vs the sweep's LoRA" for _, name in METRICS), "s/step (median)", "adapter memory"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
+    shown: set[str] = set()
     for setting, name, folder in folders:
         data = load([folder])
         stats = row_stats(data)
-        for row in data.variants:
+        base = data.base(data.variants[0].group) if data.variants and setting not in shown else None
+        shown.add(setting)
+        for row in ([base] if base else []) + data.variants:
+            means = " / ".join(f"{stats[row.label].mean[key].mean:.3f}" if stats[row.label].mean[key] else "–"
+                               for key, _ in METRICS)
+            if row is base:
+                lines.append("| " + " | ".join([setting, name, "*base model*", "–", "0", means,
+                                                *["–"] * len(METRICS), "–", "–"]) + " |")
+                continue
             steps = step_seconds(row)
             memory = row.record.get("adapter_memory_bytes")
             diffs = [show_estimate(stats[row.label].vs_reference[key], signed=True)
@@ -148,7 +158,7 @@ def table(folders: list[tuple[str, str, Path]]) -> str:
             params = row.record.get("trainable_parameters")
             lines.append("| " + " | ".join([
                 setting, name, row.label, str(row.record.get("rank", "–")),
-                f"{params:,}" if params else "–", *diffs,
+                f"{params:,}" if params else "–", means, *diffs,
                 f"{steps['median']:.3g}" if steps else "–", format_bytes(memory) if memory else "–"]) + " |")
     return "\n".join(lines) + "\n"
 

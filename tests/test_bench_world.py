@@ -22,11 +22,13 @@ def run(out: Path) -> subprocess.CompletedProcess:
 def test_bench_world_runs_its_sweeps_and_prints_paired_differences(tmp_path):
     first = run(tmp_path)
     rows = [line.strip("|").split(" | ") for line in first.stdout.splitlines() if line.startswith("| attn-qk")]
-    assert [(r[1].strip(), r[2], r[3]) for r in rows] == [("rank8", "lora", "8"), ("rank8", "d2lora", "8"),
+    assert [(r[1].strip(), r[2], r[3]) for r in rows] == [("rank8", "*base model*", "–"), ("rank8", "lora", "8"),
+                                                          ("rank8", "d2lora", "8"),
                                                           ("lora16-d2lora8", "lora", "16"),
                                                           ("lora16-d2lora8", "d2lora", "8")]
-    assert rows[0][5] == "reference" and rows[1][5].count("[") == 1  # d2lora: a difference with its interval
-    assert rows[2][4] == rows[3][4] == "43,008"  # the matched pair: LoRA r16 = D2-LoRA r8 in parameters
+    assert all(len(r[5].split(" / ")) == 3 and float(r[5].split(" / ")[2]) > 0 for r in rows)  # mean scores
+    assert rows[1][6] == "reference" and rows[2][6].count("[") == 1  # d2lora: a difference with its interval
+    assert rows[3][4] == rows[4][4] == "43,008"  # the matched pair: LoRA r16 = D2-LoRA r8 in parameters
     bench = tmp_path / "bench"
     assert (bench / "bench_world.md").read_text().endswith(first.stdout.split("\n\n", 1)[1])
     for sweep in ("rank8", "lora16-d2lora8"):
