@@ -46,7 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampling-steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--figure", help="write base vs personalized samples (seed 0) as this PNG")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.num_images < 1 or args.context_images < 1 or args.sampling_steps < 1:
+        parser.error("--num-images, --context-images and --sampling-steps must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                         args.guidance)[0], images[0]))
         rows["context"].append(float(np.mean(hits)))
         if seed == seeds[0]:
-            figure = [(before[0], after[0]), (before[1], after[1])] + figure
+            figure = list(zip(before[:2], after[:2])) + figure  # the first two (or one) instance-prompt images
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in rows.items() if k != "seed"), flush=True)
     summary = {}
     for name in ("dino", "clip_i"):

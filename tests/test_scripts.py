@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
@@ -77,3 +78,16 @@ def test_bench_text_table_and_resume(tmp_path):
     other = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_text.py"), *args, "--epochs", "2"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert other.returncode != 0 and "other settings" in other.stderr
+
+
+def test_bench_world_personalization_with_one_image_per_seed(tmp_path):
+    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    config.update(max_train_steps=2, checkpointing_steps=2, num_validation_images=1, validation_steps=2,
+                  validation_inference_steps=2, instance_data_dir=str(ROOT / config["instance_data_dir"]))
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(config))
+    out = run_script("bench_world_personalization.py", "--out", str(tmp_path / "out"), "--config",
+                     str(tmp_path / "short.yaml"), "--seeds", "0", "--num-images", "1", "--context-images", "1",
+                     "--sampling-steps", "2", "--figure", str(tmp_path / "figure.png"))
+    result = json.loads((tmp_path / "out" / "personalization.json").read_text())
+    assert result["per_seed"]["seed"] == [0] and 0 <= result["summary"]["context"]["accuracy"] <= 1
+    assert "dino" in out and (tmp_path / "figure.png").is_file()
