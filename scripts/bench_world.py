@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--sampling-steps", type=int, default=25)
     parser.add_argument("--toy", action="store_true", help="seconds: tiny sizes (for tests)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: the table of the chosen sweeps already in --out (others are named on "
+                             "stderr and left out)")
     return parser.parse_args(argv)
 
 
@@ -166,6 +169,8 @@ def table(folders: list[tuple[str, str, Path]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).expanduser().resolve()
+    if args.table_only:
+        return write_table(out, [(setting, name, out / setting / name) for setting, name, *_ in sweeps(args)])
     out.mkdir(parents=True, exist_ok=True)
     config = config_file(args, out)
     done, failed = [], 0
@@ -176,13 +181,24 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         failed += code != 0
         done.append((setting, name, folder))
+    return write_table(out, done) or (1 if failed else 0)
+
+
+def write_table(out: Path, folders: list[tuple[str, str, Path]]) -> int:
+    """Print the table of the sweeps that exist and write it to `out`/bench_world.md; 2 when there is none."""
+    present = [entry for entry in folders if (entry[2] / "sweep.json").is_file()]
+    for setting, name, _ in (entry for entry in folders if entry not in present):
+        print(f"bench_world: no sweep {setting}/{name} in {out}; left out of the table", file=sys.stderr)
+    if not present:
+        print(f"bench_world: no finished sweep in {out}; run without --table-only first", file=sys.stderr)
+        return 2
     text = ("Paired differences against the LoRA row of the same sweep (r8, or r16 in lora16-d2lora8): mean "
             "[95% bootstrap interval over subjects, prompts and training seeds]; an interval that excludes 0 is a "
             "difference beyond noise.\n\n"
-            + table(done))
+            + table(present))
     write_text(out / "bench_world.md", text)
     print(text, end="")
-    return 1 if failed else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(out: Path) -> subprocess.CompletedProcess:
+def run(out: Path, *extra: str, code: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DREAMLR_CACHE": str(out / "cache")}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_world.py"), "--out", str(out / "bench"),
                            "--model", "tiny", "--toy", "--variants", "lora,d2lora", "--settings", "attn-qk",
-                           "--pairs", "lora16-d2lora8", "--seeds", "0", "--learning-rate", "0.02"],
+                           "--pairs", "lora16-d2lora8", "--seeds", "0", "--learning-rate", "0.02", *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == code, done.stderr[-3000:]
     return done
 
 
@@ -39,3 +39,11 @@ def test_bench_world_runs_its_sweeps_and_prints_paired_differences(tmp_path):
     assert "with_prior_preservation: true" in config and "class_prompt: a photo of mug" in config
     assert "learning_rate: 0.02" in config
     # running again reuses every run: each sweep is a `dreamlr compare` folder (tests/test_compare.py checks reuse)
+
+    # --table-only trains nothing and leaves out (naming) the sweeps that are not there
+    table = (bench / "bench_world.md").read_text()
+    again = run(tmp_path, "--table-only", "--pairs", "lora16-d2lora8,singlora16-lora8")
+    assert again.stdout == table == (bench / "bench_world.md").read_text()
+    assert "no sweep attn-qk/singlora16-lora8" in again.stderr and not (bench / "attn-qk" / "singlora16-lora8").exists()
+    empty = run(tmp_path / "none", "--table-only", code=2)
+    assert "no finished sweep" in empty.stderr and not (tmp_path / "none" / "bench").exists()
