@@ -136,10 +136,11 @@ def run_sweep(args: argparse.Namespace, config: Path, folder: Path, setting: str
 
 def table(folders: list[tuple[str, str, Path]]) -> str:
     """One markdown table over the sweeps: per variant row, its mean scores, its paired differences against its
-    sweep's LoRA, trainable parameters, median s/step and adapter memory; the first sweep of each setting
-    also shows its base model (no adapter)."""
+    sweep's LoRA (and in DINO against the base model: did it learn), trainable parameters, median s/step and
+    adapter memory; the first sweep of each setting also shows its base model (no adapter)."""
     header = ["setting", "sweep", "variant", "rank", "trainable params", "CLIP-I / CLIP-T / DINO (mean)",
-              *(f"Δ {name} vs the sweep's LoRA" for _, name in METRICS), "s/step (median)", "adapter memory"]
+              *(f"Δ {name} vs the sweep's LoRA" for _, name in METRICS), "Δ DINO vs base model", "s/step (median)",
+              "adapter memory"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
     shown: set[str] = set()
     for setting, name, folder in folders:
@@ -152,7 +153,7 @@ def table(folders: list[tuple[str, str, Path]]) -> str:
                                for key, _ in METRICS)
             if row is base:
                 lines.append("| " + " | ".join([setting, name, "*base model*", "–", "0", means,
-                                                *["–"] * len(METRICS), "–", "–"]) + " |")
+                                                *["–"] * len(METRICS), "–", "–", "–"]) + " |")
                 continue
             steps = step_seconds(row)
             memory = row.record.get("adapter_memory_bytes")
@@ -162,6 +163,7 @@ def table(folders: list[tuple[str, str, Path]]) -> str:
             lines.append("| " + " | ".join([
                 setting, name, row.label, str(row.record.get("rank", "–")),
                 f"{params:,}" if params else "–", means, *diffs,
+                show_estimate(stats[row.label].vs_base["dino"], signed=True),
                 f"{steps['median']:.3g}" if steps else "–", format_bytes(memory) if memory else "–"]) + " |")
     return "\n".join(lines) + "\n"
 
